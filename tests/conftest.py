@@ -1,0 +1,38 @@
+"""Shared fixtures: the backend parametrisation and the one tolerance table."""
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn.errors import BackendUnavailable
+
+# One tolerance table for the whole suite (STYLE.md): float32 vs the float64/NumPy reference.
+TOL = {
+    "float32": dict(rtol=1e-4, atol=1e-5),
+    "float64": dict(rtol=1e-7, atol=1e-9),
+    "gradcheck": 1e-6,      # max relative error, float64 centred differences vs analytic
+}
+
+
+def _available(name):
+    try:
+        gpucnn.backend.get_backend(name)
+        return True
+    except (BackendUnavailable, ImportError):
+        return False
+
+
+@pytest.fixture(params=[
+    "numpy",
+    "emulated",
+    pytest.param("cupy", marks=pytest.mark.gpu),
+])
+def backend_name(request):
+    """Every backend that can run here; cupy is skipped cleanly without a GPU."""
+    if not _available(request.param):
+        pytest.skip(f"backend {request.param!r} not available here")
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
