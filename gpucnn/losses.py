@@ -1,0 +1,45 @@
+"""Costs of the batch mean. Each gives the cost and dC/d(network output).
+
+    quadratic      C = 1/n sum_x 1/2 ||a - y||^2          dC/da = (a - y) / n
+                   (the seed network's; the last Sigmoid turns it into delta^L = (a - y) * sigma'(z^L))
+    cross_entropy  p = softmax(z), C = -1/n sum_x log p_y   dC/dz = (p - y) / n
+                   (the network's last output is the logits z; softmax belongs to the loss)
+"""
+
+
+class Quadratic:
+    name = "quadratic"
+
+    def probabilities(self, xp, out):
+        return out
+
+    def cost(self, xp, out, y_onehot):
+        return float(0.5 * ((out - y_onehot) ** 2).sum() / out.shape[0])
+
+    def gradient(self, xp, out, y_onehot):
+        return (out - y_onehot) / out.shape[0]
+
+
+class CrossEntropy:
+    name = "cross_entropy"
+
+    def probabilities(self, xp, z):
+        e = xp.exp(z - z.max(axis=1, keepdims=True))    # shift: exp never overflows
+        return e / e.sum(axis=1, keepdims=True)
+
+    def cost(self, xp, z, y_onehot):
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-(log_p * y_onehot).sum() / z.shape[0])
+
+    def gradient(self, xp, z, y_onehot):
+        return (self.probabilities(xp, z) - y_onehot) / z.shape[0]
+
+
+LOSSES = {"quadratic": Quadratic, "cross_entropy": CrossEntropy}
+
+
+def get_loss(name):
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[name]()

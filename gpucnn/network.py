@@ -1,0 +1,271 @@
+"""The network: a list of layers, a cost, a backend; forward, hand-written backward, SGD training.
+
+    a = net.forward(x)       x (n, *input_shape) -> network output (n, classes)
+    dx = net.backward(y)     delta^L from the cost, then each layer's backward in reverse order;
+                             fills every layer's dW, db with gradients of the batch-mean cost
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import layers as L
+from .backend import get_backend, to_numpy
+from .errors import ShapeError
+from .losses import get_loss
+from .optim import SGD, check_lr
+from .validation import check_inputs, check_labels, check_positive_int
+
+
+class Divergence(FloatingPointError):
+    """Training produced a NaN or inf loss; the parameters are the last good ones."""
+
+
+class Network:
+    def __init__(self, layers, loss="quadratic", backend=None, seed=0, input_shape=None,
+                 dtype=np.float32):
+        if not isinstance(layers, (list, tuple)) or not layers \
+                or not all(isinstance(layer, L.Layer) for layer in layers):
+            raise TypeError("layers must be a non-empty list of gpucnn layers")
+        self.layers = list(layers)
+        self.loss = get_loss(loss)
+        self.backend = get_backend(backend)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        if self.dtype == np.float64 and self.backend.name != "numpy":
+            raise TypeError(f"the {self.backend.name} backend runs float32 only; use backend='numpy' for float64")
+        self.input_shape = tuple(input_shape) if input_shape is not None else self._default_input_shape()
+        self.shapes = self._check_shapes()
+        self.classes = self.shapes[-1][0]
+        self.seed = seed
+        init_rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.bind(self.backend, self.dtype, init_rng)
+        self.shuffle_rng = np.random.default_rng([seed, 1])   # separate stream: resumable
+        self.out = None
+        self._last_good = None
+
+    def _default_input_shape(self):
+        first = self.layers[0]
+        if isinstance(first, L.Conv2D):
+            return (first.in_channels, 28, 28)
+        if isinstance(first, L.Dense):
+            return (first.in_features,)
+        raise ShapeError(f"cannot infer the input shape for a network starting with {first!r}; "
+                         "pass input_shape=")
+
+    def _check_shapes(self):
+        """Per-sample shape after each layer; fails at construction, naming the layer and both shapes."""
+        shapes, shape = [self.input_shape], self.input_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ShapeError as exc:
+                raise ShapeError(f"layer {i} {layer!r} does not fit the output of the layer before it, "
+                                 f"shape {shape}: {exc}") from None
+            shapes.append(shape)
+        if len(shape) != 1:
+            raise ShapeError(f"the network must end in a vector per sample, got shape {shape}; add Flatten/Dense")
+        return shapes
+
+    # -- forward and backward -------------------------------------------------------------------
+    def forward(self, x):
+        """x (n, *input_shape) -> output (n, classes), caching what backward needs."""
+        check_inputs(x, self.input_shape)
+        return self._forward(self.backend.asarray(x, self.dtype))
+
+    def _forward(self, a):
+        for layer in self.layers:
+            a = layer.forward(a)
+        self.out = a
+        return a
+
+    def backward(self, y):
+        """dC/dx of the batch-mean cost for the last forward; fills layer.dW / layer.db."""
+        if self.out is None:
+            raise RuntimeError("backward() needs a forward() first")
+        return self._backward(self.targets(y, self.out.shape[0]))
+
+    def _backward(self, y1):
+        grad = self.loss.gradient(self.backend.xp, self.out, y1)
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def targets(self, y, n):
+        """Labels (n,) or one-hot rows (n, classes) -> one-hot rows on the backend, in the net's dtype."""
+        kind = check_labels(y, n, self.classes)
+        if kind == "onehot":
+            return self.backend.asarray(y, self.dtype)
+        labels = self.backend.asarray(y, np.int64)
+        return (self.backend.xp.arange(self.classes)[None, :] == labels[:, None]).astype(self.dtype)
+
+    def cost(self, x, y):
+        out = self.forward(x)
+        return self.loss.cost(self.backend.xp, out, self.targets(y, out.shape[0]))
+
+    # -- parameters ------------------------------------------------------------------------------
+    def parameters(self):
+        """(name, layer, param name) for every parameter, e.g. ('layers.0.W', conv, 'W')."""
+        return [(f"layers.{i}.{p}", layer, p)
+                for i, layer in enumerate(self.layers) for p in layer.param_names]
+
+    def get_params(self):
+        """All parameters as NumPy arrays, by name."""
+        return {name: to_numpy(layer._params[p]).copy() for name, layer, p in self.parameters()}
+
+    def set_params(self, params):
+        for name, layer, p in self.parameters():
+            setattr(layer, p, np.asarray(params[name]))
+
+    # -- training --------------------------------------------------------------------------------
+    def train_step(self, xb, y1, optimizer):
+        """One SGD step on a checked batch already on the backend (y1 one-hot rows).
+
+        Returns (batch cost, output). A non-finite cost skips the update.
+        """
+        out = self._forward(xb)
+        cost = self.loss.cost(self.backend.xp, out, y1)
+        if math.isfinite(cost):
+            self._backward(y1)
+            optimizer.step(self.layers)
+        return cost, out
+
+    def fit(self, x, y, epochs=1, batch_size=10, lr=0.5, momentum=0.0, weight_decay=0.0,
+            validation=None, shuffle=True, verbose=True):
+        """Mini-batch SGD. Returns the history: per-epoch loss, accuracy, val_loss, val_accuracy.
+
+        A NaN or inf loss stops training with ``Divergence`` (naming the step), keeping the last
+        good parameters.
+        """
+        check_inputs(x, self.input_shape)
+        check_labels(y, x.shape[0], self.classes)
+        n = x.shape[0]
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size", upper=n)
+        optimizer = SGD(check_lr(lr), momentum, weight_decay)
+        if validation is not None:
+            xv, yv = validation
+            check_inputs(xv, self.input_shape, "validation x")
+            check_labels(yv, xv.shape[0], self.classes, "validation y")
+        xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n)   # on the device once
+        history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        for epoch in range(1, epochs + 1):
+            loss, acc = self._run_epoch(xd, yd, batch_size, optimizer, shuffle,
+                                        Progress(epoch, epochs, n, verbose))
+            history["loss"].append(loss)
+            history["accuracy"].append(acc)
+            line = f"epoch {epoch}/{epochs}: loss {loss:.4f}, accuracy {acc:.4f}"
+            if validation is not None:
+                history["val_loss"].append(self.cost(xv, yv))
+                history["val_accuracy"].append(self.evaluate(xv, yv))
+                line += f", held-out accuracy {history['val_accuracy'][-1]:.4f}"
+            if verbose:
+                print(line, file=sys.stderr, flush=True)
+        return history
+
+    def _run_epoch(self, xd, yd, batch_size, optimizer, shuffle, progress):
+        xp, n = self.backend.xp, xd.shape[0]
+        order = self.shuffle_rng.permutation(n) if shuffle else np.arange(n)
+        order = xp.asarray(order)
+        total_cost, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            xb, yb = xd[idx], yd[idx]
+            before = self._snapshot()
+            cost, out = self.train_step(xb, yb, optimizer)
+            if not math.isfinite(cost):
+                self._restore(self._last_good)
+                raise Divergence(f"loss became {cost} at step {start // batch_size + 1} of this epoch "
+                                 f"(batch of {xb.shape[0]}); try a smaller learning rate "
+                                 f"(lr={optimizer.lr}). The last good parameters are kept.")
+            self._last_good = before           # these parameters gave a finite loss
+            total_cost += cost * xb.shape[0]
+            correct += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+            progress.update(start + xb.shape[0], total_cost / (start + xb.shape[0]))
+        progress.close()
+        return total_cost / n, correct / n
+
+    def _snapshot(self):
+        return [layer._params[p].copy() for _, layer, p in self.parameters()]
+
+    def _restore(self, saved):
+        for (_, layer, p), value in zip(self.parameters(), saved or ()):
+            layer._params[p] = value
+
+    # -- inference -------------------------------------------------------------------------------
+    def predict_proba(self, x, batch_size=1024):
+        """Network outputs (softmax probabilities for cross_entropy) as NumPy, in batches."""
+        check_inputs(x, self.input_shape)
+        outs = [to_numpy(self.loss.probabilities(self.backend.xp, self.forward(x[i:i + batch_size])))
+                for i in range(0, x.shape[0], batch_size)]
+        return np.concatenate(outs)
+
+    def predict(self, x, batch_size=1024):
+        """Predicted labels (n,) int64."""
+        return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
+
+    def evaluate(self, x, y, batch_size=1024):
+        """Accuracy in [0, 1]."""
+        check_inputs(x, self.input_shape)
+        check_labels(y, x.shape[0], self.classes)
+        labels = to_numpy(y)
+        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
+        return float((self.predict(x, batch_size) == labels).mean())
+
+    # -- description -----------------------------------------------------------------------------
+    def architecture(self):
+        return {"layers": [{"type": type(layer).__name__, **layer.config()} for layer in self.layers],
+                "loss": self.loss.name, "input_shape": list(self.input_shape)}
+
+    def summary(self):
+        lines = [f"Network on backend {self.backend.name!r}, loss {self.loss.name!r}",
+                 f"  input  {self.input_shape}"]
+        for layer, shape in zip(self.layers, self.shapes[1:]):
+            lines.append(f"  {layer!r:<40} -> {shape}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return self.summary()
+
+    def save(self, path):
+        from .serialization import save
+        save(self, path)
+
+
+class Progress:
+    """A one-line progress bar with the running loss, on stderr; silent when not verbose."""
+
+    def __init__(self, epoch, epochs, total, verbose):
+        self.prefix, self.total = f"epoch {epoch}/{epochs}", total
+        self.enabled = verbose and sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done, running_loss):
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.1 and done < self.total):
+            return
+        self.last = now
+        filled = int(30 * done / self.total)
+        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{done}/{self.total} loss {running_loss:.4f}")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+
+
+def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):
+    """The seed network: 1x28x28 -> conv 3@5x5 -> sigma -> maxpool 2 -> 432 -> dense 10 -> sigma.
+
+    ``activation="relu"`` with ``loss="cross_entropy"`` gives the modern variant (no final sigma:
+    the softmax belongs to the loss).
+    """
+    act = {"sigmoid": L.Sigmoid, "relu": L.ReLU, "tanh": L.Tanh}[activation]
+    layers = [L.Conv2D(1, 3, 5), act(), L.MaxPool2D(2), L.Flatten(), L.Dense(432, 10)]
+    if loss == "quadratic":
+        layers.append(L.Sigmoid())
+    return Network(layers, loss=loss, backend=backend, seed=seed)
