@@ -4,10 +4,12 @@
     analytic the backward pass, twice: on that float64 copy (checks the math) and on the network's own
              backend and dtype (checks the implementation there, e.g. float32 CUDA kernels)
 
-rel_error = ||analytic - numeric|| / ||numeric|| per parameter array.
+rel_error = ||analytic - numeric|| / ||numeric|| per parameter array. Near kinks (pooling near-ties,
+ReLU inputs near 0) the step is shrunk until both sides take the same branch.
 """
 import numpy as np
 
+from . import layers as L
 from .backend import to_numpy
 
 
@@ -25,43 +27,65 @@ def _ctor_args(layer):
     return {k: tuple(v) if isinstance(v, list) else v for k, v in layer.config().items()}
 
 
-def gradcheck(net, x, y, eps=1e-6, max_per_param=None, seed=0):
+def gradcheck(net, x, y, eps=1e-6, max_per_param=None, seed=0, inputs=False):
     """Per parameter: {'rel_error', 'rel_error_backend', 'max_abs_error', 'checked', 'size'}.
 
-    ``max_per_param`` checks a random subset of entries of big arrays (all entries by default).
+    ``max_per_param`` checks a random subset of entries of big arrays (all entries by default);
+    ``inputs=True`` also checks dC/dx, the gradient ``backward`` returns, under the name 'x'.
     """
     ref = float64_copy(net)
-    x64 = np.asarray(to_numpy(x), dtype=np.float64)
+    x64 = np.array(to_numpy(x), dtype=np.float64)
     ref.forward(x64)
-    ref.backward(y)
+    dx64 = ref.backward(y)
     net.forward(x)
-    net.backward(y)
+    dx = to_numpy(net.backward(y))
     rng = np.random.default_rng(seed)
+    checks = [(name, layer._params[p], layer._grads[p], to_numpy(own._grads[p]))
+              for (name, layer, p), (_, own, _) in zip(ref.parameters(), net.parameters())]
+    if inputs:
+        checks.append(("x", x64, dx64, dx))
     report = {}
-    for (name, layer, p), (_, own, _) in zip(ref.parameters(), net.parameters()):
-        theta = layer._params[p]
+    for name, theta, analytic, backend_grad in checks:
         flat = np.arange(theta.size)
         if max_per_param is not None and theta.size > max_per_param:
             flat = np.sort(rng.choice(theta.size, max_per_param, replace=False))
         numeric = np.array([_centred_difference(ref, x64, y, theta, i, eps) for i in flat])
-        analytic = layer._grads[p].reshape(-1)[flat]
-        backend_grad = to_numpy(own._grads[p]).astype(np.float64).reshape(-1)[flat]
-        scale = max(np.linalg.norm(numeric), 1e-30)
-        report[name] = {
-            "rel_error": float(np.linalg.norm(analytic - numeric) / scale),
-            "rel_error_backend": float(np.linalg.norm(backend_grad - numeric) / scale),
-            "max_abs_error": float(np.abs(analytic - numeric).max()),
-            "checked": int(flat.size), "size": int(theta.size),
-        }
+        report[name] = _compare(numeric, analytic.reshape(-1)[flat],
+                                backend_grad.astype(np.float64).reshape(-1)[flat], theta.size)
     return report
 
 
+def _compare(numeric, analytic, backend_grad, size):
+    scale = max(np.linalg.norm(numeric), 1e-30)
+    return {
+        "rel_error": float(np.linalg.norm(analytic - numeric) / scale),
+        "rel_error_backend": float(np.linalg.norm(backend_grad - numeric) / scale),
+        "max_abs_error": float(np.abs(analytic - numeric).max()),
+        "checked": int(numeric.size), "size": int(size),
+    }
+
+
 def _centred_difference(net, x, y, theta, i, eps):
+    """(C(theta_i + eps) - C(theta_i - eps)) / 2 eps, with eps shrunk when the step crosses a kink.
+
+    A pooling window whose two largest values are closer than the step (a near-tie that is not an
+    exact tie) or a ReLU input near 0 makes the difference quotient straddle a kink: then the argmax
+    or ReLU pattern differs between the two sides, and a smaller eps is tried.
+    """
     flat = theta.reshape(-1)            # a view: writes go into the parameter
     old = flat[i]
-    flat[i] = old + eps
-    plus = net.cost(x, y)
-    flat[i] = old - eps
-    minus = net.cost(x, y)
-    flat[i] = old
-    return (plus - minus) / (2 * eps)
+    while True:
+        flat[i] = old + eps
+        plus, plus_pattern = net.cost(x, y), _kink_pattern(net)
+        flat[i] = old - eps
+        minus, minus_pattern = net.cost(x, y), _kink_pattern(net)
+        flat[i] = old
+        if eps < 1e-9 or all(np.array_equal(p, m) for p, m in zip(plus_pattern, minus_pattern)):
+            return (plus - minus) / (2 * eps)
+        eps /= 10
+
+
+def _kink_pattern(net):
+    """Which branch every non-smooth layer took: pooling argmaxes and ReLU signs."""
+    return [layer.argmax.copy() if isinstance(layer, L.MaxPool2D) else layer.z > 0
+            for layer in net.layers if isinstance(layer, (L.MaxPool2D, L.ReLU))]

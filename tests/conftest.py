@@ -36,3 +36,10 @@ def backend_name(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The 5,000 real MNIST digits of the offline sample: (x float32 (5000,1,28,28), y int64)."""
+    from gpucnn import data
+    return data.load_sample()
