@@ -38,6 +38,9 @@ def build_parser():
     train.add_argument("--data", default=None, help="directory with the MNIST IDX files (default: cache, else the sample)")
     train.add_argument("--sample", action="store_true", help="use the offline 5,000-digit sample even if full MNIST is present")
     train.add_argument("--model", default="gpucnn-model.npz", help="where to save the trained model")
+    train.add_argument("--checkpoint", default=None, help="write a training checkpoint here (atomically)")
+    train.add_argument("--every", type=int, default=None, help="checkpoint every N steps too (default: each epoch)")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument("--quiet", action="store_true")
 
     evaluate = sub.add_parser("evaluate", help="accuracy of a saved model on the test / held-out digits")
@@ -51,6 +54,9 @@ def build_parser():
     predict.add_argument("image")
     predict.add_argument("--backend", default=None)
 
+    bench = sub.add_parser("bench", help="speed against PyTorch, side by side (benchmarks/)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
     info = sub.add_parser("info", help="which backends can run here, and why a GPU backend can or cannot")
     info.add_argument("--json", action="store_true")
     return parser
@@ -58,18 +64,35 @@ def build_parser():
 
 def _data(args):
     from . import data
+    if args.data is not None and args.sample:
+        raise UsageError("--data and --sample exclude each other")
     return data.load_training_data(directory=args.data, prefer_full=not args.sample)
+
+
+def _check_train_args(args):
+    """Argument errors before the (slow) data loading."""
+    from .optim import SGD
+    from .validation import check_positive_int
+    check_positive_int(args.epochs, "--epochs")
+    check_positive_int(args.batch_size, "--batch-size")
+    if args.every is not None:
+        check_positive_int(args.every, "--every")
+    SGD(args.lr, args.momentum, args.weight_decay)
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint PATH")
 
 
 def cmd_train(args):
     from .network import seed_network
-    x, y, xv, yv, description = _data(args)
+    _check_train_args(args)
     net = seed_network(backend=args.backend, seed=args.seed, loss=args.loss, activation=args.activation)
+    x, y, xv, yv, description = _data(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"data: {description}")
     say(f"backend: {net.backend.name}")
     net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, validation=(xv, yv), verbose=not args.quiet)
+            weight_decay=args.weight_decay, validation=(xv, yv), verbose=not args.quiet,
+            checkpoint=args.checkpoint, every=args.every, resume=args.resume)
     accuracy = net.evaluate(xv, yv)
     net.save(args.model)
     print(f"held-out accuracy {accuracy:.4f} on {len(yv)} digits; model saved to {args.model}")
@@ -100,7 +123,15 @@ def cmd_info(args):
         print(f"{key:>20}: {value}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
+def cmd_bench(args):
+    from .bench import main as bench_main
+    status = bench_main(args.bench_args)
+    if status:
+        raise SystemExit(status)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
+            "bench": cmd_bench}
 
 
 def main(argv=None):

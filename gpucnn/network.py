@@ -5,8 +5,7 @@
                              fills every layer's dW, db with gradients of the batch-mean cost
 """
 import math
-import sys
-import time
+import os
 
 import numpy as np
 
@@ -15,11 +14,8 @@ from .backend import get_backend, to_numpy
 from .errors import ShapeError
 from .losses import get_loss
 from .optim import SGD, check_lr
+from .training import Divergence, Trainer
 from .validation import check_inputs, check_labels, check_positive_int
-
-
-class Divergence(FloatingPointError):
-    """Training produced a NaN or inf loss; the parameters are the last good ones."""
 
 
 class Network:
@@ -45,7 +41,6 @@ class Network:
             layer.bind(self.backend, self.dtype, init_rng)
         self.shuffle_rng = np.random.default_rng([seed, 1])   # separate stream: resumable
         self.out = None
-        self._last_good = None
 
     def _default_input_shape(self):
         first = self.layers[0]
@@ -134,59 +129,34 @@ class Network:
         return cost, out
 
     def fit(self, x, y, epochs=1, batch_size=10, lr=0.5, momentum=0.0, weight_decay=0.0,
-            validation=None, shuffle=True, verbose=True):
+            validation=None, shuffle=True, verbose=True, checkpoint=None, every=None, resume=False):
         """Mini-batch SGD. Returns the history: per-epoch loss, accuracy, val_loss, val_accuracy.
 
-        A NaN or inf loss stops training with ``Divergence`` (naming the step), keeping the last
-        good parameters.
+        - A NaN or inf loss stops training with ``Divergence`` (naming the epoch and step), keeping the
+          last good parameters.
+        - ``checkpoint=path`` writes a checkpoint atomically at the end of every epoch, and every
+          ``every`` steps when given; ``resume=True`` continues from it (same arguments) and ends with
+          the same parameters as an uninterrupted run.
         """
         check_inputs(x, self.input_shape)
         check_labels(y, x.shape[0], self.classes)
         n = x.shape[0]
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size", upper=n)
+        if every is not None:
+            every = check_positive_int(every, "every")
+        if resume and not checkpoint:
+            raise ValueError("resume=True needs checkpoint=path")
         optimizer = SGD(check_lr(lr), momentum, weight_decay)
         if validation is not None:
             xv, yv = validation
             check_inputs(xv, self.input_shape, "validation x")
             check_labels(yv, xv.shape[0], self.classes, "validation y")
         xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n)   # on the device once
-        history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-        for epoch in range(1, epochs + 1):
-            loss, acc = self._run_epoch(xd, yd, batch_size, optimizer, shuffle,
-                                        Progress(epoch, epochs, n, verbose))
-            history["loss"].append(loss)
-            history["accuracy"].append(acc)
-            line = f"epoch {epoch}/{epochs}: loss {loss:.4f}, accuracy {acc:.4f}"
-            if validation is not None:
-                history["val_loss"].append(self.cost(xv, yv))
-                history["val_accuracy"].append(self.evaluate(xv, yv))
-                line += f", held-out accuracy {history['val_accuracy'][-1]:.4f}"
-            if verbose:
-                print(line, file=sys.stderr, flush=True)
-        return history
-
-    def _run_epoch(self, xd, yd, batch_size, optimizer, shuffle, progress):
-        xp, n = self.backend.xp, xd.shape[0]
-        order = self.shuffle_rng.permutation(n) if shuffle else np.arange(n)
-        order = xp.asarray(order)
-        total_cost, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb = xd[idx], yd[idx]
-            before = self._snapshot()
-            cost, out = self.train_step(xb, yb, optimizer)
-            if not math.isfinite(cost):
-                self._restore(self._last_good)
-                raise Divergence(f"loss became {cost} at step {start // batch_size + 1} of this epoch "
-                                 f"(batch of {xb.shape[0]}); try a smaller learning rate "
-                                 f"(lr={optimizer.lr}). The last good parameters are kept.")
-            self._last_good = before           # these parameters gave a finite loss
-            total_cost += cost * xb.shape[0]
-            correct += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
-            progress.update(start + xb.shape[0], total_cost / (start + xb.shape[0]))
-        progress.close()
-        return total_cost / n, correct / n
+        trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every)
+        if resume and os.path.exists(checkpoint):
+            trainer.resume(checkpoint)
+        return trainer.run(validation)
 
     def _snapshot(self):
         return [layer._params[p].copy() for _, layer, p in self.parameters()]
@@ -233,29 +203,6 @@ class Network:
     def save(self, path):
         from .serialization import save
         save(self, path)
-
-
-class Progress:
-    """A one-line progress bar with the running loss, on stderr; silent when not verbose."""
-
-    def __init__(self, epoch, epochs, total, verbose):
-        self.prefix, self.total = f"epoch {epoch}/{epochs}", total
-        self.enabled = verbose and sys.stderr.isatty()
-        self.last = 0.0
-
-    def update(self, done, running_loss):
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        filled = int(30 * done / self.total)
-        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{done}/{self.total} loss {running_loss:.4f}")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 79 + "\r")
 
 
 def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):
