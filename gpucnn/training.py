@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from .backend import to_numpy
 from .errors import ModelFileError
 from .serialization import assign_params, read_model_file, save
 
@@ -113,7 +114,7 @@ class Trainer:
                  "velocity": sorted(f"{i}.{p}" for i, p in self.optimizer.velocity)}
         extra = {STATE_KEY: np.array(json.dumps(state))}
         for (i, p), v in self.optimizer.velocity.items():
-            extra[f"velocity.{i}.{p}"] = self.net.backend.xp.asnumpy(v) if hasattr(v, "device") else v
+            extra[f"velocity.{i}.{p}"] = to_numpy(v)
         save(self.net, self.checkpoint, extra=extra)
 
     def resume(self, path):
