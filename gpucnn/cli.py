@@ -4,11 +4,12 @@ Bad arguments and bad files give one line on stderr and a non-zero exit, never a
 """
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
-EXIT_USAGE, EXIT_ERROR = 2, 1
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERNAL = 2, 1, 3
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -135,19 +136,29 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv=None):
+    """Run one command; every failure is one line on stderr and a non-zero status, never a traceback.
+
+    Set GPUCNN_TRACEBACK=1 to see the traceback of an unexpected error (a bug in gpucnn).
+    """
     from .errors import GpucnnError
     try:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except (GpucnnError, ValueError, TypeError, OSError, FloatingPointError) as exc:
+    except (GpucnnError, ValueError, TypeError, OSError, FloatingPointError, MemoryError) as exc:
         print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("gpucnn: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:                    # a bug, still one line; the traceback on request
+        if os.environ.get("GPUCNN_TRACEBACK"):
+            raise
+        print(f"gpucnn: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(set GPUCNN_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     return 0
 
 

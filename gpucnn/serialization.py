@@ -3,14 +3,22 @@ file is safe to load and a model saved on one backend loads on any other.
 
     architecture            JSON (a 0-d unicode array): layers, loss, input_shape, format version
     layers.<i>.<W|b>        float32 parameter arrays
+
+NOTE: files are read member by member through ``read_npy``, which checks each .npy header against the
+bytes that follow before allocating anything; any defect is a ModelFileError naming the file.
 """
 import json
+import math
 import os
+import struct
 import tempfile
+import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
+from .backend import get_backend
 from .errors import ModelFileError
 from .layers import LAYER_TYPES
 
@@ -39,53 +47,114 @@ def save(net, path, extra=None):
         raise
 
 
+def read_npy(f, nbytes, source, error=ModelFileError):
+    """One array from the .npy bytes in file object f (nbytes of them, header included); no pickle.
+
+    The header is not trusted: its shape and dtype must account for exactly the bytes that follow, so a
+    corrupt header can neither allocate more than the file holds nor yield a short array.
+    """
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+    except (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError) as exc:
+        # numpy parses the header dict with tokenize + ast and lets their errors through
+        raise error(f"{source}: not a .npy array ({exc})") from None
+    if dtype.hasobject or dtype.itemsize == 0 or any(d < 0 for d in shape):
+        raise error(f"{source}: unsupported .npy array (dtype {dtype}, shape {shape})")
+    count = math.prod(shape)
+    need, have = count * dtype.itemsize, nbytes - f.tell()
+    if need != have:
+        raise error(f"{source}: the .npy header promises {need} data bytes (shape {shape}, dtype {dtype}), "
+                    f"the file holds {have}")
+    data = f.read(need)
+    if len(data) != need:
+        raise error(f"{source}: truncated .npy data ({len(data)} of {need} bytes)")
+    a = np.frombuffer(data, dtype=dtype, count=count)
+    return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
+
+
+def _read_npz(path):
+    """{name: array} from an .npz written by np.savez; every member must be a plain .npy array."""
+    arrays = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-len(".npy")]
+            if not info.filename.endswith(".npy") or name in arrays:
+                raise ModelFileError(f"{path}: unexpected member {info.filename!r}: not a gpucnn model file")
+            with zf.open(info) as f:
+                arrays[name] = read_npy(f, info.file_size, f"{path}:{info.filename}")
+    return arrays
+
+
+# What zipfile and zlib raise for a damaged archive: bad headers, CRC, compression method, encryption.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
+               NotImplementedError, RuntimeError, OverflowError)
+
+
 def read_model_file(path):
     """-> (description dict, {name: array}); ModelFileError for anything that is not our model file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path} is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelFileError(f"model file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        arrays = _read_npz(path)
+    except ModelFileError:
+        raise
+    except _ZIP_ERRORS as exc:
         raise ModelFileError(f"{path} is not a readable gpucnn model file ({type(exc).__name__}: {exc})") from None
-    if "architecture" not in arrays:
+    arch = arrays.pop("architecture", None)
+    if arch is None:
         raise ModelFileError(f"{path} has no architecture record: not a gpucnn model file")
+    if arch.dtype.kind != "U" or arch.ndim != 0:
+        raise ModelFileError(f"{path}: the architecture record is {arch.dtype} {arch.shape}, not a JSON string")
     try:
-        description = json.loads(str(arrays.pop("architecture")))
-    except ValueError as exc:
-        raise ModelFileError(f"{path}: the architecture record is not valid JSON ({exc})") from None
+        description = json.loads(str(arch))
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(f"{path}: the architecture record is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unknown model format {description.get('format') if isinstance(description, dict) else description!r}")
+        found = description.get("format") if isinstance(description, dict) else type(description).__name__
+        raise ModelFileError(f"{path}: unknown model format {found!r} (expected {FORMAT!r})")
     return description, arrays
 
 
-def build_network(description, backend=None):
-    """A fresh Network from an architecture description (as written by ``save``)."""
-    from .network import Network
-    try:
-        layers = []
-        for spec in description["layers"]:
-            spec = dict(spec)
-            cls = LAYER_TYPES[spec.pop("type")]
-            layers.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}))
-        return Network(layers, loss=description["loss"], backend=backend,
-                       input_shape=tuple(description["input_shape"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"the model's architecture cannot be built: {type(exc).__name__}: {exc}") from None
+def _layers_from(description):
+    """(layers, loss, input_shape) from a description; checks its structure, builds nothing big."""
+    if not isinstance(description, dict):
+        raise ModelFileError(f"the model's architecture is a {type(description).__name__}, not a dict")
+    layer_specs, loss, input_shape = (description.get(k) for k in ("layers", "loss", "input_shape"))
+    if not isinstance(layer_specs, list) or not layer_specs:
+        raise ModelFileError(f"the model's architecture has no layer list (got {type(layer_specs).__name__})")
+    if not isinstance(input_shape, list) or not input_shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+        raise ModelFileError(f"the model's input_shape must be a list of positive ints, got {input_shape!r}")
+    layers = []
+    for i, spec in enumerate(layer_specs):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind not in LAYER_TYPES:
+            raise ModelFileError(f"layer {i} of the model has unknown type {kind!r}; "
+                                 f"expected one of {', '.join(LAYER_TYPES)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "type"}
+        try:
+            layers.append(LAYER_TYPES[kind](**kwargs))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"layer {i} of the model ({kind}) cannot be built: {exc}") from None
+    return layers, loss, tuple(input_shape)
 
 
-def load(path, backend=None):
-    """Load a model saved by ``net.save(path)`` onto any backend."""
-    description, arrays = read_model_file(path)
-    net = build_network(description, backend)
-    assign_params(net, arrays, path)
-    return net
+def _param_triples(layers):
+    return [(f"layers.{i}.{p}", layer, p) for i, layer in enumerate(layers) for p in layer.param_names]
 
 
-def assign_params(net, arrays, path="model"):
-    """Copy saved parameters into net, checking that every name and shape matches."""
-    for name, layer, p in net.parameters():
+def _checked_params(triples, arrays, path):
+    """[(layer, param, value)] after checking every name, shape, dtype and value; raises before any change."""
+    out = []
+    for name, layer, p in triples:
         if name not in arrays:
             raise ModelFileError(f"{path}: parameter {name} is missing (a different architecture?)")
         value = arrays[name]
@@ -95,4 +164,39 @@ def assign_params(net, arrays, path="model"):
                                  f"the architecture needs {expected} float")
         if not np.isfinite(value).all():
             raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
+        out.append((layer, p, value))
+    return out
+
+
+def build_network(description, backend=None, arrays=None, path="model"):
+    """A fresh Network from an architecture description (as written by ``save``).
+
+    With ``arrays`` the parameters are checked against the layers *before* the network allocates
+    any weights, so a corrupt description cannot ask for gigabytes.
+    """
+    from .network import Network
+    backend = get_backend(backend)          # a bad backend name is the caller's error, not the file's
+    layers, loss, input_shape = _layers_from(description)
+    if arrays is not None:
+        _checked_params(_param_triples(layers), arrays, path)
+    try:
+        return Network(layers, loss=loss, backend=backend, input_shape=input_shape)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"the model's architecture cannot be built: {type(exc).__name__}: {exc}") from None
+
+
+def load(path, backend=None):
+    """Load a model saved by ``net.save(path)`` onto any backend."""
+    description, arrays = read_model_file(path)
+    net = build_network(description, backend, arrays, path)
+    assign_params(net, arrays, path)
+    return net
+
+
+def assign_params(net, arrays, path="model"):
+    """Copy saved parameters into net, checking that every name and shape matches.
+
+    All or nothing: every parameter is checked before the first one is assigned.
+    """
+    for layer, p, value in _checked_params(net.parameters(), arrays, path):
         setattr(layer, p, value)

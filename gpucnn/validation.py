@@ -3,7 +3,7 @@ import numbers
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import DataError, ShapeError
 
 
 def _is_array(a):
@@ -20,9 +20,8 @@ def check_inputs(x, input_shape, name="x"):
         raise ShapeError(f"{name} must have shape (n, {', '.join(map(str, input_shape))}), "
                          f"got {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 samples)")
-    if x.dtype.kind == "f" and not bool(_module(x).isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise DataError(f"{name} is empty (0 samples)")
+    _check_finite(x, name)
 
 
 def check_labels(y, n, classes, name="y"):
@@ -35,7 +34,9 @@ def check_labels(y, n, classes, name="y"):
         _check_length(y, n, name)
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= classes:
-            raise ValueError(f"{name} has labels outside 0..{classes - 1} (min {lo}, max {hi})")
+            i = int(_module(y).flatnonzero((y < 0) | (y >= classes))[0])
+            raise DataError(f"{name} has labels outside 0..{classes - 1}: {name}[{i}] = {int(y[i])} "
+                            f"(min {lo}, max {hi})")
         return "labels"
     if y.ndim == 2:
         if y.shape[1] != classes:
@@ -43,8 +44,7 @@ def check_labels(y, n, classes, name="y"):
         if y.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
         _check_length(y, n, name)
-        if y.dtype.kind == "f" and not bool(_module(y).isfinite(y).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+        _check_finite(y, name)
         return "onehot"
     raise ShapeError(f"{name} must be labels (n,) or one-hot rows (n, {classes}), got shape {tuple(y.shape)}")
 
@@ -54,8 +54,22 @@ def _check_length(y, n, name):
         raise ShapeError(f"{name} has {y.shape[0]} entries but x has {n} samples")
 
 
+def _check_finite(a, name):
+    if a.dtype.kind != "f":
+        return
+    xp = _module(a)
+    bad = ~xp.isfinite(a)
+    if bool(bad.any()):
+        first = ", ".join(str(int(i)) for i in xp.argwhere(bad)[0])
+        raise DataError(f"{name} contains NaN or inf: {int(xp.isnan(a).sum())} NaN, "
+                        f"{int(xp.isinf(a).sum())} inf of {a.size} values (first at {name}[{first}])")
+
+
 def check_positive_int(value, name, upper=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    """A count such as epochs or batch_size: TypeError unless an int, ValueError unless >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     if upper is not None and value > upper:
         raise ValueError(f"{name} ({value}) is larger than the data ({upper} samples)")
