@@ -67,6 +67,8 @@ class ParamLayer(Layer):
         self._grads = {name: None for name in self.param_names}
 
     def _set_param(self, name, value):
+        if not hasattr(value, "shape"):
+            value = np.asarray(value, dtype=np.float64)
         shape = self.param_shapes()[name]
         if tuple(value.shape) != shape:
             raise ShapeError(f"{self!r}.{name} must have shape {shape}, got {tuple(value.shape)}")

@@ -32,6 +32,9 @@ class Network:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         if self.dtype == np.float64 and self.backend.name != "numpy":
             raise TypeError(f"the {self.backend.name} backend runs float32 only; use backend='numpy' for float64")
+        if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
         self.input_shape = tuple(input_shape) if input_shape is not None else self._default_input_shape()
         self.shapes = self._check_shapes()
         self.classes = self.shapes[-1][0]
@@ -112,8 +115,9 @@ class Network:
         return {name: to_numpy(layer._params[p]).copy() for name, layer, p in self.parameters()}
 
     def set_params(self, params):
-        for name, layer, p in self.parameters():
-            setattr(layer, p, np.asarray(params[name]))
+        """Assign parameters by name (as ``get_params`` gives them); all are checked before any is set."""
+        from .serialization import assign_params
+        assign_params(self, {k: np.asarray(v) for k, v in params.items()}, "params")
 
     # -- training --------------------------------------------------------------------------------
     def train_step(self, xb, y1, optimizer):
@@ -149,6 +153,8 @@ class Network:
             raise ValueError("resume=True needs checkpoint=path")
         optimizer = SGD(check_lr(lr), momentum, weight_decay)
         if validation is not None:
+            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+                raise TypeError(f"validation must be a pair (x, y), got {type(validation).__name__}")
             xv, yv = validation
             check_inputs(xv, self.input_shape, "validation x")
             check_labels(yv, xv.shape[0], self.classes, "validation y")
@@ -169,6 +175,7 @@ class Network:
     def predict_proba(self, x, batch_size=1024):
         """Network outputs (softmax probabilities for cross_entropy) as NumPy, in batches."""
         check_inputs(x, self.input_shape)
+        batch_size = check_positive_int(batch_size, "batch_size")
         outs = [to_numpy(self.loss.probabilities(self.backend.xp, self.forward(x[i:i + batch_size])))
                 for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs)
@@ -181,6 +188,7 @@ class Network:
         """Accuracy in [0, 1]."""
         check_inputs(x, self.input_shape)
         check_labels(y, x.shape[0], self.classes)
+        batch_size = check_positive_int(batch_size, "batch_size")
         labels = to_numpy(y)
         labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
         return float((self.predict(x, batch_size) == labels).mean())
@@ -211,7 +219,10 @@ def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):
     ``activation="relu"`` with ``loss="cross_entropy"`` gives the modern variant (no final sigma:
     the softmax belongs to the loss).
     """
-    act = {"sigmoid": L.Sigmoid, "relu": L.ReLU, "tanh": L.Tanh}[activation]
+    activations = {"sigmoid": L.Sigmoid, "relu": L.ReLU, "tanh": L.Tanh}
+    if activation not in activations:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(activations)}")
+    act = activations[activation]
     layers = [L.Conv2D(1, 3, 5), act(), L.MaxPool2D(2), L.Flatten(), L.Dense(432, 10)]
     if loss == "quadratic":
         layers.append(L.Sigmoid())
