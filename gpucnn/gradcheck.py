@@ -28,7 +28,11 @@ def _ctor_args(layer):
 
 
 def gradcheck(net, x, y, eps=1e-6, max_per_param=None, seed=0, inputs=False):
-    """Per parameter: {'rel_error', 'rel_error_backend', 'max_abs_error', 'checked', 'size'}.
+    """Per parameter: {'rel_error', 'rel_error_backend', 'max_abs_error', 'checked', 'size', 'kinks'}.
+
+    ``kinks`` counts the entries where no step small enough kept both sides on the same branch (an
+    exact pooling tie broken by moving an input pixel, say): there the function has no derivative, the
+    difference quotient is an average of two slopes, and a large rel_error is expected.
 
     ``max_per_param`` checks a random subset of entries of big arrays (all entries by default);
     ``inputs=True`` also checks dC/dx, the gradient ``backward`` returns, under the name 'x'.
@@ -49,9 +53,10 @@ def gradcheck(net, x, y, eps=1e-6, max_per_param=None, seed=0, inputs=False):
         flat = np.arange(theta.size)
         if max_per_param is not None and theta.size > max_per_param:
             flat = np.sort(rng.choice(theta.size, max_per_param, replace=False))
-        numeric = np.array([_centred_difference(ref, x64, y, theta, i, eps) for i in flat])
-        report[name] = _compare(numeric, analytic.reshape(-1)[flat],
+        numeric, kinks = zip(*(_centred_difference(ref, x64, y, theta, i, eps) for i in flat))
+        report[name] = _compare(np.array(numeric), analytic.reshape(-1)[flat],
                                 backend_grad.astype(np.float64).reshape(-1)[flat], theta.size)
+        report[name]["kinks"] = int(sum(kinks))
     return report
 
 
@@ -66,7 +71,8 @@ def _compare(numeric, analytic, backend_grad, size):
 
 
 def _centred_difference(net, x, y, theta, i, eps):
-    """(C(theta_i + eps) - C(theta_i - eps)) / 2 eps, with eps shrunk when the step crosses a kink.
+    """-> ((C(theta_i + eps) - C(theta_i - eps)) / 2 eps, whether it straddles a kink), with eps shrunk
+    while the step crosses a kink.
 
     A pooling window whose two largest values are closer than the step (a near-tie that is not an
     exact tie) or a ReLU input near 0 makes the difference quotient straddle a kink: then the argmax
@@ -80,8 +86,9 @@ def _centred_difference(net, x, y, theta, i, eps):
         flat[i] = old - eps
         minus, minus_pattern = net.cost(x, y), _kink_pattern(net)
         flat[i] = old
-        if eps < 1e-9 or all(np.array_equal(p, m) for p, m in zip(plus_pattern, minus_pattern)):
-            return (plus - minus) / (2 * eps)
+        smooth = all(np.array_equal(p, m) for p, m in zip(plus_pattern, minus_pattern))
+        if smooth or eps < 1e-9:
+            return (plus - minus) / (2 * eps), not smooth
         eps /= 10
 
 

@@ -94,7 +94,7 @@ class Trainer:
             h["val_accuracy"].append(self.net.evaluate(xv, yv))
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
         if self.verbose:
-            print(line, file=sys.stderr, flush=True)
+            print(line, flush=True)
         self.epoch, self.step, self.cost_sum, self.correct = self.epoch + 1, 0, 0.0, 0
         if self.checkpoint:
             self.save_checkpoint()

@@ -83,3 +83,11 @@ def test_gradcheck_catches_a_wrong_gradient(rng):
     pool.backward = original
     report = gpucnn.gradcheck(net, x, np.array([[1.0]], np.float32))
     assert report["layers.0.b"]["rel_error_backend"] < 1e-6
+
+
+def test_gradcheck_counts_the_kinks_it_cannot_step_around(digits):
+    """Moving a background pixel breaks an exact pooling tie: no derivative there, and the report says so."""
+    net = gpucnn.seed_network(backend="numpy", seed=1)
+    report = gpucnn.gradcheck(net, digits[0][:1], digits[1][:1], inputs=True, max_per_param=200, seed=1)
+    assert report["x"]["kinks"] > 0
+    assert all(report[name]["kinks"] == 0 for name in report if name != "x")
