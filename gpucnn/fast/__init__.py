@@ -1,0 +1,71 @@
+"""Fused CPU fast paths for the network patterns this project exists for, checked against the
+layer-by-layer reference (layers.py + ops/reference.py), which stays the definition of the numbers.
+
+``plan_for(net)`` returns a plan (``train_step``, ``forward``) or None, and then the network runs its
+generic path. Plans exist for the NumPy backend in float32 and these patterns:
+
+    SeedPlan       Conv2D(1 -> f, stride 1, no padding) -> act -> MaxPool2D(2) -> Flatten -> Dense
+                   -> [act]                                                     (gpucnn/fast/seed.py)
+    ConvStackPlan  [Conv2D(c -> f, stride 1, no padding) -> act -> MaxPool2D(2)] x k -> Flatten
+                   -> Dense -> [act]: the wide network                          (convstack.py)
+    act: Sigmoid, ReLU or Tanh; loss quadratic or cross_entropy.
+
+What every plan guarantees (tests/test_fast.py):
+  * parameters are read from ``layer._params`` on every step and the gradients left in
+    ``layer._grads``, so ``optimizer.step(layers)`` and ``layer.W = ...`` between steps work unchanged;
+  * outputs, cost and gradients equal the reference's to float32 rounding, pooling ties resolved by
+    the same rule (the first maximum in row-major window order gets the whole delta);
+  * a step is bitwise reproducible: chunks and the two-thread split depend on the batch size only,
+    and partial gradients are summed in a fixed order;
+  * the layers' forward caches (a_prev, z, argmax) are NOT filled: ``Network.backward`` after a fast
+    step would read stale caches, so a fast step sets ``net.out = None`` (backward() then refuses).
+
+How they are fast: chunks of the batch sized to stay in cache; from a plan's thread_min images on
+(THREAD_MIN = 64 for the seed net, two chunks for the wide one) this thread and one worker thread
+take chunks from a shared queue (NumPy and OpenBLAS release the GIL), with OpenBLAS held to one
+thread and the GIL switch interval lowered during the step (common.Plan._run says why); sigma'
+evaluated only at the pooling argmax; the first conv's dC/dx never formed.
+NOTE: those two settings are process-wide; a step sets them and restores them before it returns.
+"""
+import numpy as np
+
+from .. import layers as L
+from .common import ACTIVATIONS, THREAD_MIN, Plan
+from .convstack import ConvStackPlan
+from .seed import SeedPlan
+
+__all__ = ["plan_for", "SeedPlan", "ConvStackPlan", "Plan", "THREAD_MIN"]
+
+
+def plan_for(net):
+    """A fast plan for ``net``, or None when no fast path applies (then the generic path runs)."""
+    try:
+        blocks = _conv_blocks(net)
+        if blocks is None:
+            return None
+        if len(blocks) == 1 and blocks[0].in_channels == 1 and blocks[0].out_channels <= 8:
+            return SeedPlan(net)
+        return ConvStackPlan(net, len(blocks))
+    except Exception:                     # a pattern we misjudged must never break the network
+        return None
+
+
+def _conv_blocks(net):
+    """The Conv2D layers of [conv -> act -> pool 2] x k -> flatten -> dense -> [act], or None."""
+    layers = net.layers
+    if net.backend.name != "numpy" or net.dtype != np.float32 \
+            or net.loss.name not in ("quadratic", "cross_entropy"):
+        return None
+    convs, i = [], 0
+    while i + 3 <= len(layers) and isinstance(layers[i], L.Conv2D):
+        conv, act, pool = layers[i:i + 3]
+        if not (conv.stride == 1 and conv.padding == (0, 0) and type(act) in ACTIVATIONS
+                and isinstance(pool, L.MaxPool2D) and pool.size == 2 and pool.stride == 2):
+            return None
+        convs.append(conv)
+        i += 3
+    tail = layers[i:]
+    if not convs or len(tail) not in (2, 3) or not isinstance(tail[0], L.Flatten) \
+            or not isinstance(tail[1], L.Dense) or (len(tail) == 3 and type(tail[2]) not in ACTIVATIONS):
+        return None
+    return convs
