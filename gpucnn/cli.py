@@ -126,9 +126,7 @@ def cmd_info(args):
 
 def cmd_bench(args):
     from .bench import main as bench_main
-    status = bench_main(args.bench_args)
-    if status:
-        raise SystemExit(status)
+    return bench_main(args.bench_args)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
@@ -143,7 +141,7 @@ def main(argv=None):
     from .errors import GpucnnError
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -159,7 +157,7 @@ def main(argv=None):
         print(f"gpucnn: internal error: {type(exc).__name__}: {_one_line(exc)} "
               f"(set GPUCNN_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
-    return 0
+    return status or 0
 
 
 def _one_line(exc):

@@ -12,6 +12,7 @@ import numpy as np
 from . import layers as L
 from .backend import get_backend, to_numpy
 from .errors import ShapeError
+from .fast import plan_for
 from .losses import get_loss
 from .optim import SGD, check_lr
 from .training import Divergence, Trainer
@@ -44,6 +45,9 @@ class Network:
             layer.bind(self.backend, self.dtype, init_rng)
         self.shuffle_rng = np.random.default_rng([seed, 1])   # separate stream: resumable
         self.out = None
+        # A fused CPU path for the patterns we exist for (gpucnn/fast/), checked against this
+        # layer-by-layer path; None for every other network, which then runs the generic path.
+        self._fast = plan_for(self)
 
     def _default_input_shape(self):
         first = self.layers[0]
@@ -125,6 +129,8 @@ class Network:
 
         Returns (batch cost, output). A non-finite cost skips the update.
         """
+        if self._fast is not None:
+            return self._fast.train_step(xb, y1, optimizer)
         out = self._forward(xb)
         cost = self.loss.cost(self.backend.xp, out, y1)
         if math.isfinite(cost):
@@ -164,21 +170,19 @@ class Network:
             trainer.resume(checkpoint)
         return trainer.run(validation)
 
-    def _snapshot(self):
-        return [layer._params[p].copy() for _, layer, p in self.parameters()]
-
-    def _restore(self, saved):
-        for (_, layer, p), value in zip(self.parameters(), saved or ()):
-            layer._params[p] = value
-
     # -- inference -------------------------------------------------------------------------------
     def predict_proba(self, x, batch_size=1024):
         """Network outputs (softmax probabilities for cross_entropy) as NumPy, in batches."""
         check_inputs(x, self.input_shape)
         batch_size = check_positive_int(batch_size, "batch_size")
-        outs = [to_numpy(self.loss.probabilities(self.backend.xp, self.forward(x[i:i + batch_size])))
+        outs = [to_numpy(self.loss.probabilities(self.backend.xp, self._infer(x[i:i + batch_size])))
                 for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs)
+
+    def _infer(self, x):
+        """Output for a checked batch, through the fast path when there is one (no caches kept)."""
+        a = self.backend.asarray(x, self.dtype)
+        return self._fast.forward(a) if self._fast is not None else self._forward(a)
 
     def predict(self, x, batch_size=1024):
         """Predicted labels (n,) int64."""

@@ -37,6 +37,11 @@ class Trainer:
         self.cost_sum, self.correct = 0.0, 0         # running sums of the current epoch
         self.epoch_rng_state = None                  # shuffle generator state at the epoch's start
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.labels = yd.argmax(axis=1)              # once, not per step
+        # Divergence guard: the parameters before each step are copied into one of two buffer sets,
+        # alternately, so the set that gave the last finite loss is never the one being written.
+        self.snapshots = [[net.backend.xp.empty_like(layer._params[p]) for _, layer, p in net.parameters()]
+                          for _ in range(2)]
         self.last_good = None
 
     # -- the loop ----------------------------------------------------------------------------
@@ -57,7 +62,7 @@ class Trainer:
             xb, yb = self.xd[idx], self.yd[idx]
             cost, out = self._guarded_step(xb, yb)
             self.cost_sum += cost * xb.shape[0]
-            self.correct += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+            self.correct += int((out.argmax(axis=1) == self.labels[idx]).sum())
             self.step += 1
             progress.update(start + xb.shape[0], self.cost_sum / (start + xb.shape[0]))
             if self.checkpoint and self.every and self.step % self.every == 0:
@@ -72,11 +77,15 @@ class Trainer:
         return self.net.shuffle_rng.permutation(self.n)
 
     def _guarded_step(self, xb, yb):
-        before = self.net._snapshot()
+        params = [layer._params[p] for _, layer, p in self.net.parameters()]
+        before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
+        for saved, value in zip(before, params):
+            saved[...] = value
         cost, out = self.net.train_step(xb, yb, self.optimizer)
         if not math.isfinite(cost):
             if self.last_good is not None:
-                self.net._restore(self.last_good)
+                for value, saved in zip(params, self.last_good):
+                    value[...] = saved
             raise Divergence(f"loss became {cost} at epoch {self.epoch + 1}, step {self.step + 1} "
                              f"(batch of {xb.shape[0]}); try a smaller learning rate "
                              f"(lr={self.optimizer.lr}). The last good parameters are kept.")
