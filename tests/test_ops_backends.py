@@ -268,47 +268,36 @@ def test_emulated_kernels_under_every_thread_order(order, seed, rng):
         assert_same_bytes(pool[name], baseline[f"pool {name}"], f"{order} {seed} pool {name}")
 
 
+# ASan: out-of-bounds reads a guard page misses (inside another array). TSan: races between the
+# threads of a block and, with two OS workers, between blocks, in a random release order.
+SANITIZER_RUNS = {
+    "address": (dict(sanitizer="address"), "stride3-gaps", "stride1", (2, 2, 4, 5), 2, 1),
+    "thread": (dict(sanitizer="thread", workers=2, order="random", seed=3),
+               "odd-n1-stride2-pad", "overlap", (2, 1, 4, 3), 3, 2),
+}
+
+
 @pytest.mark.slow
-def test_emulated_kernels_under_address_sanitizer(rng):
-    """Out-of-bounds reads that a guard page misses (inside another array) show under ASan."""
+@pytest.mark.parametrize("sanitizer", SANITIZER_RUNS)
+def test_emulated_kernels_are_clean_under_the_sanitizers(sanitizer, rng):
+    """Every kernel runs under AddressSanitizer and ThreadSanitizer without a report, and right."""
     try:
         from gpucnn import emulator
         backend = get_backend("emulated")
     except ImportError as exc:
         pytest.skip(f"emulator not available: {exc}")
-    conv_case, pool_case = CONV_CASES["stride3-gaps"], POOL_CASES["stride1"]
+    settings, conv_name, pool_name, pool_out, size, stride = SANITIZER_RUNS[sanitizer]
+    conv_case = CONV_CASES[conv_name]
     x, W, b, delta = _conv_inputs(rng, *conv_case)
-    px = _tied(rng, pool_case[:4])
-    pdelta = rng.standard_normal((2, 2, 4, 5)).astype(np.float32)
-    with emulator.settings(sanitizer="address"):
+    px = _tied(rng, POOL_CASES[pool_name][:4])
+    pdelta = rng.standard_normal(pool_out).astype(np.float32)
+    with emulator.settings(**settings):
         conv = _run_conv_ops(backend, x, W, b, delta, *conv_case[7:])
-        pool = _run_pool_ops(backend, px, pdelta, 2, 1)
+        pool = _run_pool_ops(backend, px, pdelta, size, stride)
     want = _reference_conv(x, W, b, delta, *conv_case[7:])
     for name in want:
-        assert_close(conv[name], want[name], f"asan {name}")
-    _check_pool(pool, px, pdelta, 2, 1, "asan")
-
-
-@pytest.mark.slow
-def test_emulated_kernels_under_thread_sanitizer(rng):
-    """ThreadSanitizer reports nothing on our kernels: no race between the threads of a block, nor
-    between blocks (two OS workers), in a random release order."""
-    try:
-        from gpucnn import emulator
-        backend = get_backend("emulated")
-    except ImportError as exc:
-        pytest.skip(f"emulator not available: {exc}")
-    conv_case, pool_case = CONV_CASES["odd-n1-stride2-pad"], POOL_CASES["overlap"]
-    x, W, b, delta = _conv_inputs(rng, *conv_case)
-    px = _tied(rng, pool_case[:4])
-    pdelta = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
-    with emulator.settings(sanitizer="thread", workers=2, order="random", seed=3):
-        conv = _run_conv_ops(backend, x, W, b, delta, *conv_case[7:])
-        pool = _run_pool_ops(backend, px, pdelta, 3, 2)
-    want = _reference_conv(x, W, b, delta, *conv_case[7:])
-    for name in want:
-        assert_close(conv[name], want[name], f"tsan {name}")
-    _check_pool(pool, px, pdelta, 3, 2, "tsan")
+        assert_close(conv[name], want[name], f"{sanitizer} {name}")
+    _check_pool(pool, px, pdelta, size, stride, sanitizer)
 
 
 # --- host-side rules --------------------------------------------------------------------------------
