@@ -17,7 +17,7 @@ Network.trace = trace
 
 __version__ = "0.1.0"
 __all__ = [
-    "Network", "seed_network", "load", "gradcheck", "trace", "Trace", "to_numpy", "get_backend",
+    "backend", "data", "Network", "seed_network", "load", "gradcheck", "trace", "Trace", "to_numpy", "get_backend",
     "backend_info", "Conv2D", "Dense", "Flatten", "MaxPool2D", "ReLU", "Sigmoid", "Tanh",
     "GpucnnError", "BackendUnavailable", "DataError", "ModelFileError", "ShapeError", "Divergence",
 ]

