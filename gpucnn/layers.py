@@ -72,7 +72,8 @@ class ParamLayer(Layer):
         shape = self.param_shapes()[name]
         if tuple(value.shape) != shape:
             raise ShapeError(f"{self!r}.{name} must have shape {shape}, got {tuple(value.shape)}")
-        self._params[name] = self.backend.asarray(value, self.dtype)
+        # A copy: training updates parameters in place, never the caller's array.
+        self._params[name] = self.backend.asarray(value, self.dtype).copy()
 
     W = property(lambda self: self._params["W"], lambda self, v: self._set_param("W", v))
     b = property(lambda self: self._params["b"], lambda self, v: self._set_param("b", v))

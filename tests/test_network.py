@@ -148,10 +148,32 @@ def test_divergence_stops_and_keeps_the_last_good_parameters(digits):
     pick = np.random.default_rng(0).permutation(len(digits[1]))[:200]
     x, y = digits[0][pick], digits[1][pick]
     net = gpucnn.seed_network(backend="numpy", seed=0, loss="cross_entropy", activation="relu")
+    seen = []                                   # (parameters going into the step, its cost)
+    real_step = net.train_step
+
+    def recording_step(xb, y1, optimizer):
+        params = net.get_params()
+        cost, out = real_step(xb, y1, optimizer)
+        seen.append((params, cost))
+        return cost, out
+    net.train_step = recording_step
     with pytest.raises(gpucnn.Divergence, match="step .* smaller learning rate"):
         net.fit(x, y, epochs=3, batch_size=10, lr=1e20, verbose=False)
-    for value in net.get_params().values():
-        assert np.isfinite(value).all()
+    assert not np.isfinite(seen[-1][1]) and len(seen) >= 2
+    last_good = [params for params, cost in seen if np.isfinite(cost)][-1]
+    for name, value in net.get_params().items():
+        assert value.tobytes() == last_good[name].tobytes(), name
+
+
+def test_assigned_parameters_are_copied(digits):
+    W = np.zeros((10, 432), np.float32)
+    net = gpucnn.seed_network(backend="numpy", seed=0)
+    net.layers[4].W = W
+    net.fit(digits[0][:50], digits[1][:50], epochs=1, batch_size=10, lr=1.0, verbose=False)
+    assert not W.any()                          # training never writes into the caller's array
+    other = gpucnn.seed_network(backend="numpy", seed=1)
+    other.set_params(net.get_params())
+    assert other.layers[4].W is not net.layers[4].W
 
 
 def test_backend_selection(monkeypatch):
