@@ -26,8 +26,11 @@ FORMAT = "gpucnn-model-1"
 
 
 def save(net, path, extra=None):
-    """Write atomically (temporary file + rename): a crash leaves the previous file intact."""
-    arrays = {name: value for name, value in net.get_params().items()}
+    """Write atomically (temporary file + rename): a crash leaves the previous file intact.
+
+    The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600.
+    """
+    arrays = net.get_params()
     description = {"format": FORMAT, **net.architecture()}
     arrays["architecture"] = np.array(json.dumps(description))
     for key, value in (extra or {}).items():
@@ -36,6 +39,7 @@ def save(net, path, extra=None):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -45,6 +49,12 @@ def save(net, path, extra=None):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_npy(f, nbytes, source, error=ModelFileError):

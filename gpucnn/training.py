@@ -40,12 +40,14 @@ class Trainer:
         self.labels = yd.argmax(axis=1)              # once, not per step
         # Divergence guard: the parameters before each step are copied into one of two buffer sets,
         # alternately, so the set that gave the last finite loss is never the one being written.
-        self.snapshots = [[net.backend.xp.empty_like(layer._params[p]) for _, layer, p in net.parameters()]
+        self.slots = [(layer, p) for _, layer, p in net.parameters()]
+        self.snapshots = [[net.backend.xp.empty_like(layer._params[p]) for layer, p in self.slots]
                           for _ in range(2)]
         self.last_good = None
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, validation=None):
+        """validation: None or (x, one-hot rows, labels), already checked."""
         while self.epoch < self.epochs:
             self._run_epoch()
             self._end_epoch(validation)
@@ -65,7 +67,8 @@ class Trainer:
             self.correct += int((out.argmax(axis=1) == self.labels[idx]).sum())
             self.step += 1
             progress.update(start + xb.shape[0], self.cost_sum / (start + xb.shape[0]))
-            if self.checkpoint and self.every and self.step % self.every == 0:
+            last = start + xb.shape[0] >= self.n          # the epoch's end writes one anyway
+            if self.checkpoint and self.every and self.step % self.every == 0 and not last:
                 self.save_checkpoint()
         progress.close()
 
@@ -77,7 +80,7 @@ class Trainer:
         return self.net.shuffle_rng.permutation(self.n)
 
     def _guarded_step(self, xb, yb):
-        params = [layer._params[p] for _, layer, p in self.net.parameters()]
+        params = [layer._params[p] for layer, p in self.slots]
         before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
         for saved, value in zip(before, params):
             saved[...] = value
@@ -98,9 +101,9 @@ class Trainer:
         h["accuracy"].append(self.correct / self.n)
         line = f"epoch {self.epoch + 1}/{self.epochs}: loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}"
         if validation is not None:
-            xv, yv = validation
-            h["val_loss"].append(self.net.cost(xv, yv))
-            h["val_accuracy"].append(self.net.evaluate(xv, yv))
+            cost, accuracy = self.net._score(*validation)    # one batched pass, fast path if any
+            h["val_loss"].append(cost)
+            h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
         if self.verbose:
             print(line, flush=True)
@@ -129,8 +132,8 @@ class Trainer:
     def resume(self, path):
         """Load parameters and loop state from a checkpoint written by an identical ``fit`` call."""
         description, arrays = read_model_file(path)
-        if description.get("layers") != self.net.architecture()["layers"]:
-            raise ModelFileError(f"{path}: the checkpoint is of another architecture")
+        if {k: v for k, v in description.items() if k != "format"} != self.net.architecture():
+            raise ModelFileError(f"{path}: the checkpoint is of another architecture (layers, loss or input shape)")
         if STATE_KEY not in arrays:
             raise ModelFileError(f"{path} is a model file, not a training checkpoint (no training state)")
         try:

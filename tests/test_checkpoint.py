@@ -72,6 +72,24 @@ def test_resume_with_other_arguments_is_refused(small, tmp_path):
             x, y, checkpoint=tmp_path / "c.npz", resume=True, **{**FIT, "batch_size": 32})
 
 
+def test_resume_into_another_loss_is_refused(small, tmp_path):
+    x, y = small
+    gpucnn.seed_network(backend="numpy", loss="cross_entropy").fit(x, y, checkpoint=tmp_path / "c.npz", **FIT)
+    with pytest.raises(ModelFileError, match="another architecture"):
+        gpucnn.Network([gpucnn.Conv2D(1, 3, 5), gpucnn.Sigmoid(), gpucnn.MaxPool2D(2), gpucnn.Flatten(),
+                        gpucnn.Dense(432, 10)], loss="quadratic", backend="numpy").fit(
+            x, y, checkpoint=tmp_path / "c.npz", resume=True, **FIT)
+
+
+def test_files_get_the_permissions_of_a_plain_open(tmp_path):
+    old = os.umask(0o022)
+    try:
+        gpucnn.seed_network(backend="numpy").save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o644
+
+
 def test_resume_from_a_plain_model_file_is_refused(small, tmp_path):
     x, y = small
     gpucnn.seed_network(backend="numpy").save(tmp_path / "m.npz")
