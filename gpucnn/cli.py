@@ -91,10 +91,10 @@ def cmd_train(args):
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"data: {description}")
     say(f"backend: {net.backend.name}")
-    net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+    history = net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, validation=(xv, yv), verbose=not args.quiet,
             checkpoint=args.checkpoint, every=args.every, resume=args.resume)
-    accuracy = net.evaluate(xv, yv)
+    accuracy = history["val_accuracy"][-1]
     net.save(args.model)
     print(f"held-out accuracy {accuracy:.4f} on {len(yv)} digits; model saved to {args.model}")
 

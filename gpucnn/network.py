@@ -165,6 +165,9 @@ class Network:
             check_inputs(xv, self.input_shape, "validation x")
             check_labels(yv, xv.shape[0], self.classes, "validation y")
         xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n)   # on the device once
+        if validation is not None:
+            y1v = self.targets(yv, xv.shape[0])
+            validation = (self.backend.asarray(xv, self.dtype), y1v, y1v.argmax(axis=1))
         trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every)
         if resume and os.path.exists(checkpoint):
             trainer.resume(checkpoint)
@@ -191,11 +194,18 @@ class Network:
     def evaluate(self, x, y, batch_size=1024):
         """Accuracy in [0, 1]."""
         check_inputs(x, self.input_shape)
-        check_labels(y, x.shape[0], self.classes)
         batch_size = check_positive_int(batch_size, "batch_size")
-        labels = to_numpy(y)
-        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
-        return float((self.predict(x, batch_size) == labels).mean())
+        y1 = self.targets(y, x.shape[0])
+        return self._score(x, y1, y1.argmax(axis=1), batch_size)[1]
+
+    def _score(self, x, y1, labels, batch_size=1024):
+        """(batch-mean cost, accuracy) of checked x, targets y1 and labels, in batches (fast path if any)."""
+        cost, correct = 0.0, 0
+        for i in range(0, x.shape[0], batch_size):
+            out = self._infer(x[i:i + batch_size])
+            cost += self.loss.cost(self.backend.xp, out, y1[i:i + batch_size]) * out.shape[0]
+            correct += int((out.argmax(axis=1) == labels[i:i + batch_size]).sum())
+        return cost / x.shape[0], correct / x.shape[0]
 
     # -- description -----------------------------------------------------------------------------
     def architecture(self):
