@@ -141,11 +141,13 @@ def test_training_is_bitwise_reproducible_and_tracks_the_reference(batch, name):
 @pytest.mark.parametrize("name", ["seed-sigmoid", "wide"])
 def test_threads_do_not_change_the_numbers(batch, name):
     """Which thread ran a chunk must not matter: one thread and two give the same bytes."""
+    pytest.importorskip("threadpoolctl")           # without it the step never goes two-threaded
     results = []
     for thread_min in (None, 10**9):
         net = NETS[name][0]()
         plan = fast.plan_for(net)
         plan.thread_min = thread_min if thread_min else plan.thread_min
+        assert plan.blas.active and len(plan.chunks(70)) > 1
         x, y1 = inputs_for(net, batch, 70)
         cost, out = plan.train_step(x, y1, NoStep())
         results.append([out.tobytes()] + [g.tobytes() for g in grads(net)])
@@ -229,8 +231,6 @@ def test_odd_geometry_still_matches(rng):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
 
 
-@pytest.mark.skipif(not hasattr(gpucnn.seed_network(backend="numpy"), "_fast"),
-                    reason="Network does not carry the fast-path hook yet")
 def test_network_uses_the_plan(batch):
     net = gpucnn.seed_network(backend="numpy")
     assert isinstance(net._fast, fast.SeedPlan)

@@ -187,10 +187,7 @@ class Plan:
 
     def chunks(self, n):
         """The chunks (start, stop) of a batch of n: a function of n only, so the sums are too."""
-        size = self.chunk
-        if self._threads_from() <= n < 2 * size:         # two chunks, one per thread
-            size = (n + 1) // 2
-        return [(s, min(s + size, n)) for s in range(0, n, size)]
+        return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
 
     def _run(self, x, y1, out, params, backward):
         """Forward (and backward) of every chunk; returns the gradient parts summed in chunk order.
@@ -202,10 +199,10 @@ class Plan:
         n = x.shape[0]
         chunks = self.chunks(n)
         results = [None] * len(chunks)
-        todo, lock = iter(range(len(chunks))), threading.Lock()
+        todo, lock, stop = iter(range(len(chunks))), threading.Lock(), threading.Event()
 
         def work():
-            while True:
+            while not stop.is_set():
                 with lock:
                     i = next(todo, None)
                 if i is None:
@@ -223,8 +220,13 @@ class Plan:
             sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
             try:
                 other = worker().submit(work)
-                work()
-                other.result()
+                try:
+                    work()
+                except BaseException:
+                    stop.set()                       # the worker finishes its chunk and stops
+                    raise
+                finally:
+                    other.result()                   # never leave it running past this step
             finally:
                 sys.setswitchinterval(interval)
         else:
