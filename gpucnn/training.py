@@ -64,7 +64,7 @@ class Trainer:
             xb, yb = self.xd[idx], self.yd[idx]
             cost, out = self._guarded_step(xb, yb)
             self.cost_sum += cost * xb.shape[0]
-            self.correct += int((out.argmax(axis=1) == self.labels[idx]).sum())
+            self.correct += (out.argmax(axis=1) == self.labels[idx]).sum()   # stays on the device
             self.step += 1
             progress.update(start + xb.shape[0], self.cost_sum / (start + xb.shape[0]))
             last = start + xb.shape[0] >= self.n          # the epoch's end writes one anyway
@@ -98,7 +98,7 @@ class Trainer:
     def _end_epoch(self, validation):
         h = self.history
         h["loss"].append(self.cost_sum / self.n)
-        h["accuracy"].append(self.correct / self.n)
+        h["accuracy"].append(int(self.correct) / self.n)
         line = f"epoch {self.epoch + 1}/{self.epochs}: loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}"
         if validation is not None:
             cost, accuracy = self.net._score(*validation)    # one batched pass, fast path if any
@@ -120,7 +120,7 @@ class Trainer:
 
     def save_checkpoint(self):
         state = {"signature": self._signature(), "epoch": self.epoch, "step": self.step,
-                 "cost_sum": self.cost_sum, "correct": self.correct, "history": self.history,
+                 "cost_sum": self.cost_sum, "correct": int(self.correct), "history": self.history,
                  "epoch_rng_state": self.epoch_rng_state,
                  "shuffle_rng_state": self.net.shuffle_rng.bit_generator.state,
                  "velocity": sorted(f"{i}.{p}" for i, p in self.optimizer.velocity)}
