@@ -122,9 +122,13 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     last_progress = -1
     for attempt in range(6):
+        before = path.stat().st_mtime_ns if path.exists() else None
         proc = subprocess.Popen([sys.executable, "-c", TRAINER, str(path)], stdout=subprocess.PIPE)
         assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(0.3 + rng.random() * 0.7)         # somewhere in a stream of checkpoint writes
+        deadline = time.monotonic() + 30               # this run has written (however loaded CI is)
+        while (not path.exists() or path.stat().st_mtime_ns == before) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.5)                 # somewhere in a stream of checkpoint writes
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         net = gpucnn.load(path)                        # never half-written
