@@ -353,17 +353,6 @@ def check_image(x):
     assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
 
 
-@FUZZ
-@given(st.sampled_from(PNGS).flatmap(lambda b: mutated(b, focus=60)))
-def test_load_image_png_mutated(scratch, blob):
-    """load_image's PNG path goes through Pillow when installed, through decode_png otherwise."""
-    path = scratch / "digit.png"
-    path.write_bytes(blob)
-    x = outcome(lambda: data.load_image(path), DataError)
-    if x is not None:
-        check_image(x)
-
-
 def npy_file(a):
     buf = io.BytesIO()
     np.save(buf, a)
@@ -374,10 +363,17 @@ NPYS = [npy_file(np.zeros((28, 28), np.uint8)), npy_file(np.full((1, 1, 28, 28),
         npy_file(np.asfortranarray(np.eye(28)))]
 
 
+# load_image's PNG path goes through Pillow when installed, through decode_png otherwise.
+IMAGE_CORPORA = {"png": (PNGS, 60), "npy": (NPYS, 128)}
+
+
+@pytest.mark.parametrize("suffix", IMAGE_CORPORA)
 @FUZZ
-@given(st.sampled_from(NPYS).flatmap(lambda b: mutated(b, focus=128)))
-def test_load_image_npy_mutated(scratch, blob):
-    path = scratch / "digit.npy"
+@given(drawn=st.data())
+def test_load_image_mutated(scratch, suffix, drawn):
+    corpus, focus = IMAGE_CORPORA[suffix]
+    blob = drawn.draw(st.sampled_from(corpus).flatmap(lambda b: mutated(b, focus=focus)))
+    path = scratch / f"digit.{suffix}"
     path.write_bytes(blob)
     x = outcome(lambda: data.load_image(path), DataError)
     if x is not None:
