@@ -134,7 +134,7 @@ def gpucnn_infer(net):
 def reference_grads(net, xb, y1):
     net._forward(xb)
     net._backward(y1)
-    return [np.array(layer._grads[p]) for layer in net.layers for p in layer.param_names]
+    return [np.array(p.grad) for p in net.parameters()]
 
 
 def validate(kind, mode, xb, y1, labels, with_torch):
@@ -145,7 +145,7 @@ def validate(kind, mode, xb, y1, labels, with_torch):
         ref = reference_grads(ref_net, xb, y1)
         step, path = gpucnn_train_step(net)
         step(xb, y1, _NoStep())
-        ours = [np.array(layer._grads[p]) for layer in net.layers for p in layer.param_names]
+        ours = [np.array(p.grad) for p in net.parameters()]
         report["gpucnn_vs_reference"] = max(map(harness.gradient_error, ours, ref))
     else:
         ref = [np.array(ref_net._forward(xb))]

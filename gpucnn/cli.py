@@ -9,6 +9,13 @@ import sys
 
 import numpy as np
 
+from . import bench, data
+from .backend import backend_info
+from .errors import GpucnnError
+from .network import load, seed_network
+from .optim import SGD
+from .validation import check_positive_int
+
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERNAL = 2, 1, 3
 
 
@@ -64,7 +71,6 @@ def build_parser():
 
 
 def _data(args):
-    from . import data
     if args.data is not None and args.sample:
         raise UsageError("--data and --sample exclude each other")
     return data.load_training_data(directory=args.data, prefer_full=not args.sample)
@@ -72,8 +78,6 @@ def _data(args):
 
 def _check_train_args(args):
     """Argument errors before the (slow) data loading."""
-    from .optim import SGD
-    from .validation import check_positive_int
     check_positive_int(args.epochs, "--epochs")
     check_positive_int(args.batch_size, "--batch-size")
     if args.every is not None:
@@ -84,7 +88,6 @@ def _check_train_args(args):
 
 
 def cmd_train(args):
-    from .network import seed_network
     _check_train_args(args)
     net = seed_network(backend=args.backend, seed=args.seed, loss=args.loss, activation=args.activation)
     x, y, xv, yv, description = _data(args)
@@ -100,22 +103,18 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from .serialization import load
     net = load(args.model, backend=args.backend)
     _, _, xv, yv, description = _data(args)
     print(f"accuracy {net.evaluate(xv, yv):.4f} on {len(yv)} digits ({description})")
 
 
 def cmd_predict(args):
-    from .data import load_image
-    from .serialization import load
     net = load(args.model, backend=args.backend)
-    p = net.predict_proba(load_image(args.image))[0]
+    p = net.predict_proba(data.load_image(args.image))[0]
     print(f"{int(p.argmax())}  (scores: {np.array2string(p, precision=3, suppress_small=True)})")
 
 
 def cmd_info(args):
-    from .backend import backend_info
     info = backend_info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -125,8 +124,7 @@ def cmd_info(args):
 
 
 def cmd_bench(args):
-    from .bench import main as bench_main
-    return bench_main(args.bench_args)
+    return bench.main(args.bench_args)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
@@ -138,7 +136,6 @@ def main(argv=None):
 
     Set GPUCNN_TRACEBACK=1 to see the traceback of an unexpected error (a bug in gpucnn).
     """
-    from .errors import GpucnnError
     try:
         args = build_parser().parse_args(argv)
         status = COMMANDS[args.command](args)

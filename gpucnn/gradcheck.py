@@ -11,17 +11,15 @@ import numpy as np
 
 from . import layers as L
 from .backend import to_numpy
+from .network import Network
 
 
 def float64_copy(net):
-    """The same architecture and parameters on the NumPy backend in float64."""
-    from .network import Network
+    """The same architecture, parameters, buffers and mode on the NumPy backend in float64."""
     ref = Network([type(layer)(**_ctor_args(layer)) for layer in net.layers], loss=net.loss.name,
                   backend="numpy", input_shape=net.input_shape, dtype=np.float64)
-    params = net.get_params()
-    for name, layer, p in ref.parameters():
-        layer._params[p] = params[name].astype(np.float64)
-    return ref
+    ref.set_params(net.get_arrays())
+    return ref.train(net.training)
 
 
 def _ctor_args(layer):
@@ -45,8 +43,8 @@ def gradcheck(net, x, y, eps=1e-6, max_per_param=None, seed=0, inputs=False):
     net.forward(x)
     dx = to_numpy(net.backward(y))
     rng = np.random.default_rng(seed)
-    checks = [(name, layer._params[p], layer._grads[p], to_numpy(own._grads[p]))
-              for (name, layer, p), (_, own, _) in zip(ref.parameters(), net.parameters())]
+    checks = [(p.name, p.value, p.grad, to_numpy(own.grad))
+              for p, own in zip(ref.parameters(), net.parameters())]
     if inputs:
         checks.append(("x", x64, dx64, dx))
     report = {}

@@ -16,8 +16,9 @@ class Quadratic:
     def cost(self, xp, out, y_onehot):
         return float(0.5 * ((out - y_onehot) ** 2).sum() / out.shape[0])
 
-    def gradient(self, xp, out, y_onehot):
-        return (out - y_onehot) / out.shape[0]
+    def gradient(self, xp, out, y_onehot, n=None):
+        """dC/d(out) for these rows of a batch of n (default: the rows given)."""
+        return (out - y_onehot) / (out.shape[0] if n is None else n)
 
 
 class CrossEntropy:
@@ -32,8 +33,9 @@ class CrossEntropy:
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         return float(-(log_p * y_onehot).sum() / z.shape[0])
 
-    def gradient(self, xp, z, y_onehot):
-        return (self.probabilities(xp, z) - y_onehot) / z.shape[0]
+    def gradient(self, xp, z, y_onehot, n=None):
+        """dC/dz for these rows of a batch of n (default: the rows given)."""
+        return (self.probabilities(xp, z) - y_onehot) / (z.shape[0] if n is None else n)
 
 
 LOSSES = {"quadratic": Quadratic, "cross_entropy": CrossEntropy}

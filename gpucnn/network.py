@@ -1,20 +1,24 @@
-"""The network: a list of layers, a cost, a backend; forward, hand-written backward, SGD training.
+"""The network: a list of layers, a cost, a backend; forward, hand-written backward, training, files.
 
     a = net.forward(x)       x (n, *input_shape) -> network output (n, classes)
     dx = net.backward(y)     delta^L from the cost, then each layer's backward in reverse order;
                              fills every layer's dW, db with gradients of the batch-mean cost
+
+Execution: a fused plan (gpucnn/fast/ on the CPU) runs the network when one covers it; it is a plan
+over the layers' own primitives and is checked against the layer-by-layer path, which stays the
+definition. ``net.summary()`` says which path runs and why.
 """
+import copy
 import math
 import os
 
 import numpy as np
 
-from . import layers as L
+from . import fast, layers as L, serialization, trace as tracing
 from .backend import get_backend, to_numpy
-from .errors import ShapeError
-from .fast import plan_for
+from .errors import ModelFileError, ShapeError
 from .losses import get_loss
-from .optim import SGD, check_lr
+from .optim import SGD
 from .training import Trainer
 from .validation import check_inputs, check_labels, check_positive_int
 
@@ -26,6 +30,7 @@ class Network:
                 or not all(isinstance(layer, L.Layer) for layer in layers):
             raise TypeError("layers must be a non-empty list of gpucnn layers")
         self.layers = list(layers)
+        _check_distinct(self.layers)
         self.loss = get_loss(loss)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
@@ -36,18 +41,25 @@ class Network:
         if input_shape is not None and (not isinstance(input_shape, (tuple, list)) or not all(
                 isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in input_shape)):
             raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
-        self.input_shape = tuple(input_shape) if input_shape is not None else self._default_input_shape()
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None \
+            else self._default_input_shape()
         self.shapes = self._check_shapes()
         self.classes = self.shapes[-1][0]
-        self.seed = seed
-        init_rng = np.random.default_rng(seed)
+        self.seed = _check_seed(seed)
+        init_rng = np.random.default_rng(self.seed)
         for layer in self.layers:
-            layer.bind(self.backend, self.dtype, init_rng)
-        self.shuffle_rng = np.random.default_rng([seed, 1])   # separate stream: resumable
+            layer.check_free()
+        try:
+            for i, layer in enumerate(self.layers):
+                layer.bind(self, i, self.backend, self.dtype, init_rng)
+        except BaseException:
+            for layer in self.layers:             # all or nothing: the layers stay free
+                layer.unbind()
+            raise
+        self.shuffle_rng = np.random.default_rng([self.seed, 1])   # separate stream: resumable
+        self.training = True
         self.out = None
-        # A fused CPU path for the patterns we exist for (gpucnn/fast/), checked against this
-        # layer-by-layer path; None for every other network, which then runs the generic path.
-        self._fast = plan_for(self)
+        self._fast, self._fast_reason = fast.plan_for(self)
 
     def _default_input_shape(self):
         first = self.layers[0]
@@ -67,10 +79,21 @@ class Network:
             except ShapeError as exc:
                 raise ShapeError(f"layer {i} {layer!r} does not fit the output of the layer before it, "
                                  f"shape {shape}: {exc}") from None
-            shapes.append(shape)
+            shapes.append(tuple(shape))
         if len(shape) != 1:
             raise ShapeError(f"the network must end in a vector per sample, got shape {shape}; add Flatten/Dense")
         return shapes
+
+    # -- modes -------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Train mode (as in PyTorch): layers such as Dropout and BatchNorm behave as in training."""
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(self.training)
+        return self
+
+    def eval(self):
+        return self.train(False)
 
     # -- forward and backward -------------------------------------------------------------------
     def forward(self, x):
@@ -90,11 +113,14 @@ class Network:
             raise RuntimeError("backward() needs a forward() first")
         return self._backward(self.targets(y, self.out.shape[0]))
 
-    def _backward(self, y1):
+    def _backward(self, y1, need_dx=True):
         grad = self.loss.gradient(self.backend.xp, self.out, y1)
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[1:]):
             grad = layer.backward(grad)
-        return grad
+        if need_dx:
+            return self.layers[0].backward(grad)
+        self.layers[0].backward_params(grad)       # nothing below the first layer needs dC/dx
+        return None
 
     def targets(self, y, n):
         """Labels (n,) or one-hot rows (n, classes) -> one-hot rows on the backend, in the net's dtype."""
@@ -108,24 +134,52 @@ class Network:
         out = self.forward(x)
         return self.loss.cost(self.backend.xp, out, self.targets(y, out.shape[0]))
 
+    def trace(self, x, y):
+        """Every z, a, sigma'(z), delta, dW, db of one forward and backward pass (gpucnn/trace.py)."""
+        return tracing.trace(self, x, y)
+
     # -- parameters ------------------------------------------------------------------------------
     def parameters(self):
-        """(name, layer, param name) for every parameter, e.g. ('layers.0.W', conv, 'W')."""
-        return [(f"layers.{i}.{p}", layer, p)
-                for i, layer in enumerate(self.layers) for p in layer.param_names]
+        """Every Parameter (value and grad), in layer order."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self):
+        """(name, Parameter) pairs, e.g. ('layers.0.W', <Parameter>)."""
+        return [(p.name, p) for p in self.parameters()]
 
     def get_params(self):
         """All parameters as NumPy arrays, by name."""
-        return {name: to_numpy(layer._params[p]).copy() for name, layer, p in self.parameters()}
+        return {p.name: to_numpy(p.value).copy() for p in self.parameters()}
+
+    def get_arrays(self):
+        """Parameters and buffers (e.g. running statistics) as NumPy arrays: what a model file holds."""
+        arrays = self.get_params()
+        for i, layer in enumerate(self.layers):
+            for key, value in layer.buffers.items():
+                arrays[f"layers.{i}.{key}"] = to_numpy(value).copy()
+        return arrays
 
     def set_params(self, params):
         """Assign parameters by name (as ``get_params`` gives them); all are checked before any is set."""
-        from .serialization import assign_params
-        assign_params(self, {k: np.asarray(v) for k, v in params.items()}, "params")
+        if not isinstance(params, dict):
+            raise TypeError(f"set_params takes a dict {{name: array}} as get_params gives, got {type(params).__name__}")
+        arrays = {name: np.asarray(v) for name, v in params.items()}
+        for i, layer in enumerate(self.layers):          # buffers are optional here; kept if absent
+            for key, value in layer.buffers.items():
+                arrays.setdefault(f"layers.{i}.{key}", to_numpy(value))
+        serialization.assign_arrays(self, arrays, "params")
+
+    def load_arrays(self, arrays):
+        """Assign already checked arrays (``serialization.checked_arrays``) by name."""
+        for i, layer in enumerate(self.layers):
+            for key, p in layer.params.items():
+                p.assign(arrays[p.name], self.backend, self.dtype, repr(layer))
+            for key in layer.buffers:
+                layer.buffers[key] = self.backend.asarray(arrays[f"layers.{i}.{key}"], self.dtype).copy()
 
     # -- training --------------------------------------------------------------------------------
     def train_step(self, xb, y1, optimizer):
-        """One SGD step on a checked batch already on the backend (y1 one-hot rows).
+        """One optimizer step on a checked batch already on the backend (y1 one-hot rows).
 
         Returns (batch cost, output). A non-finite cost skips the update.
         """
@@ -134,8 +188,8 @@ class Network:
         out = self._forward(xb)
         cost = self.loss.cost(self.backend.xp, out, y1)
         if math.isfinite(cost):
-            self._backward(y1)
-            optimizer.step(self.layers)
+            self._backward(y1, need_dx=False)
+            optimizer.step(self.parameters())
         return cost, out
 
     def fit(self, x, y, epochs=1, batch_size=10, lr=0.5, momentum=0.0, weight_decay=0.0,
@@ -157,7 +211,7 @@ class Network:
             every = check_positive_int(every, "every")
         if resume and not checkpoint:
             raise ValueError("resume=True needs checkpoint=path")
-        optimizer = SGD(check_lr(lr), momentum, weight_decay)
+        optimizer = SGD(lr, momentum, weight_decay)
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise TypeError(f"validation must be a pair (x, y), got {type(validation).__name__}")
@@ -196,9 +250,9 @@ class Network:
         check_inputs(x, self.input_shape)
         batch_size = check_positive_int(batch_size, "batch_size")
         y1 = self.targets(y, x.shape[0])
-        return self._score(x, y1, y1.argmax(axis=1), batch_size)[1]
+        return self.score(x, y1, y1.argmax(axis=1), batch_size)[1]
 
-    def _score(self, x, y1, labels, batch_size=1024):
+    def score(self, x, y1, labels, batch_size=1024):
         """(batch-mean cost, accuracy) of checked x, targets y1 and labels, in batches (fast path if any)."""
         cost, correct = 0.0, 0
         for i in range(0, x.shape[0], batch_size):
@@ -212,19 +266,84 @@ class Network:
         return {"layers": [{"type": type(layer).__name__, **layer.config()} for layer in self.layers],
                 "loss": self.loss.name, "input_shape": list(self.input_shape)}
 
+    def execution_path(self):
+        """Which path runs this network, and why (not) the fused one."""
+        if self._fast is not None:
+            return f"fused CPU plan {type(self._fast).__name__}"
+        return f"layer by layer ({self._fast_reason})"
+
     def summary(self):
-        lines = [f"Network on backend {self.backend.name!r}, loss {self.loss.name!r}",
-                 f"  input  {self.input_shape}"]
+        """Each layer with its output shape and parameter count, the total, and the execution path."""
+        lines = [f"Network on backend {self.backend.name!r}, loss {self.loss.name!r}, {self.dtype.name}",
+                 f"  {'layer':<44} {'output':<16} {'params':>8}",
+                 f"  {'input':<44} {str(self.input_shape):<16} {'':>8}"]
+        total = 0
         for layer, shape in zip(self.layers, self.shapes[1:]):
-            lines.append(f"  {layer!r:<40} -> {shape}")
+            count = sum(math.prod(p.shape) for p in layer.parameters())
+            total += count
+            lines.append(f"  {layer!r:<44} {str(shape):<16} {count:>8,}")
+        lines.append(f"  total parameters: {total:,}")
+        lines.append(f"  execution: {self.execution_path()}")
         return "\n".join(lines)
 
     def __repr__(self):
         return self.summary()
 
+    def __deepcopy__(self, memo):
+        """An independent network with the same layers, parameters, buffers, mode and shuffle state."""
+        layers = [copy.deepcopy(layer, memo) for layer in self.layers]     # free copies, values kept
+        new = Network(layers, loss=self.loss.name, backend=self.backend, seed=self.seed,
+                      input_shape=self.input_shape, dtype=self.dtype)
+        new.shuffle_rng.bit_generator.state = self.shuffle_rng.bit_generator.state
+        return new.train(self.training)
+
     def save(self, path):
-        from .serialization import save
-        save(self, path)
+        serialization.save(self, path)
+
+
+def _check_distinct(layers):
+    """The same layer instance twice in one network would share its caches: the first use's backward
+    would read the second use's input (a silently wrong dW)."""
+    seen = {}
+    for i, layer in enumerate(layers):
+        if id(layer) in seen:
+            raise L.LayerOwnershipError(
+                f"layers {seen[id(layer)]} and {i} are the same {layer!r} instance; every position needs "
+                f"its own layer object (e.g. write {type(layer).__name__}() twice)")
+        seen[id(layer)] = i
+
+
+def _check_seed(seed):
+    """An int >= 0, or None for fresh entropy (as NumPy means it); the seed drawn is kept in net.seed."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (1 << 63))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    return int(seed)
+
+
+def build_network(description, backend=None, arrays=None, path="model"):
+    """A fresh Network from an architecture description (as written by ``save``).
+
+    With ``arrays`` the parameters are checked against the layers *before* the network allocates
+    any weights, so a corrupt description cannot ask for gigabytes.
+    """
+    backend = get_backend(backend)          # a bad backend name is the caller's error, not the file's
+    layers, loss, input_shape = serialization.layers_from(description)
+    if arrays is not None:
+        serialization.checked_arrays(layers, arrays, path)
+    try:
+        return Network(layers, loss=loss, backend=backend, input_shape=input_shape)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"the model's architecture cannot be built: {type(exc).__name__}: {exc}") from None
+
+
+def load(path, backend=None):
+    """Load a model saved by ``net.save(path)`` onto any backend."""
+    description, arrays = serialization.read_model_file(path)
+    net = build_network(description, backend, arrays, path)
+    serialization.assign_arrays(net, arrays, path)
+    return net
 
 
 def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):

@@ -18,11 +18,14 @@ import zlib
 
 import numpy as np
 
-from .backend import get_backend
 from .errors import ModelFileError
 from .layers import LAYER_TYPES
 
 FORMAT = "gpucnn-model-1"
+# Members a training checkpoint adds to a model file (gpucnn/training/checkpoint.py): the loop's state
+# and the optimizer's per-parameter state. A checkpoint loads as a model; nothing else is accepted.
+STATE_KEY, OPTIM_PREFIX = "training_state", "optim."
+CHECKPOINT_MEMBERS = (STATE_KEY, OPTIM_PREFIX)
 
 
 def save(net, path, extra=None):
@@ -30,7 +33,12 @@ def save(net, path, extra=None):
 
     The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600.
     """
-    arrays = net.get_params()
+    for i, layer in enumerate(net.layers):
+        if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
+            raise TypeError(f"cannot save layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
+                            "registered, so load() could not rebuild it; decorate the class with "
+                            "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
+    arrays = net.get_arrays()
     description = {"format": FORMAT, **net.architecture()}
     arrays["architecture"] = np.array(json.dumps(description))
     for key, value in (extra or {}).items():
@@ -133,7 +141,7 @@ def read_model_file(path):
     return description, arrays
 
 
-def _layers_from(description):
+def layers_from(description):
     """(layers, loss, input_shape) from a description; checks its structure, builds nothing big."""
     if not isinstance(description, dict):
         raise ModelFileError(f"the model's architecture is a {type(description).__name__}, not a dict")
@@ -157,56 +165,47 @@ def _layers_from(description):
     return layers, loss, tuple(input_shape)
 
 
-def _param_triples(layers):
-    return [(f"layers.{i}.{p}", layer, p) for i, layer in enumerate(layers) for p in layer.param_names]
-
-
-def _checked_params(triples, arrays, path):
-    """[(layer, param, value)] after checking every name, shape, dtype and value; raises before any change."""
-    out = []
-    for name, layer, p in triples:
-        if name not in arrays:
-            raise ModelFileError(f"{path}: parameter {name} is missing (a different architecture?)")
-        value = arrays[name]
-        expected = layer.param_shapes()[p]
-        if value.shape != expected or value.dtype.kind != "f":
-            raise ModelFileError(f"{path}: parameter {name} has shape {value.shape} dtype {value.dtype}, "
-                                 f"the architecture needs {expected} float")
-        if not np.isfinite(value).all():
-            raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
-        out.append((layer, p, value))
+def expected_arrays(layers):
+    """{name: (owner description, shape)} of every parameter and buffer a model of these layers holds."""
+    out = {}
+    for i, layer in enumerate(layers):
+        for key, shape in layer.param_shapes().items():
+            out[f"layers.{i}.{key}"] = (repr(layer), shape)
+        for key, shape in layer.buffer_shapes().items():
+            out[f"layers.{i}.{key}"] = (repr(layer), shape)
     return out
 
 
-def build_network(description, backend=None, arrays=None, path="model"):
-    """A fresh Network from an architecture description (as written by ``save``).
+def checked_arrays(layers, arrays, path, extra_prefixes=()):
+    """{name: value} of every parameter and buffer after checking names, shapes, dtypes and values.
 
-    With ``arrays`` the parameters are checked against the layers *before* the network allocates
-    any weights, so a corrupt description cannot ask for gigabytes.
+    Raises ModelFileError before any change; an array the architecture does not know (and that is not
+    a checkpoint's state or under one of ``extra_prefixes``) is refused, not ignored.
     """
-    from .network import Network
-    backend = get_backend(backend)          # a bad backend name is the caller's error, not the file's
-    layers, loss, input_shape = _layers_from(description)
-    if arrays is not None:
-        _checked_params(_param_triples(layers), arrays, path)
-    try:
-        return Network(layers, loss=loss, backend=backend, input_shape=input_shape)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"the model's architecture cannot be built: {type(exc).__name__}: {exc}") from None
+    expected = expected_arrays(layers)
+    allowed = CHECKPOINT_MEMBERS + tuple(extra_prefixes)
+    unknown = sorted(k for k in arrays if k not in expected and not k.startswith(allowed))
+    if unknown:
+        raise ModelFileError(f"{path}: unknown arrays {', '.join(unknown[:5])}"
+                             f"{' ...' if len(unknown) > 5 else ''}: not part of this architecture")
+    out = {}
+    for name, (_, shape) in expected.items():
+        if name not in arrays:
+            raise ModelFileError(f"{path}: parameter {name} is missing (a different architecture?)")
+        value = arrays[name]
+        if value.shape != shape or value.dtype.kind != "f":
+            raise ModelFileError(f"{path}: parameter {name} has shape {value.shape} dtype {value.dtype}, "
+                                 f"the architecture needs {shape} float")
+        if not np.isfinite(value).all():
+            raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
+        out[name] = value
+    return out
 
 
-def load(path, backend=None):
-    """Load a model saved by ``net.save(path)`` onto any backend."""
-    description, arrays = read_model_file(path)
-    net = build_network(description, backend, arrays, path)
-    assign_params(net, arrays, path)
-    return net
+def assign_arrays(net, arrays, path="model", extra_prefixes=()):
+    """Copy saved parameters and buffers into net, checking that every name and shape matches.
 
-
-def assign_params(net, arrays, path="model"):
-    """Copy saved parameters into net, checking that every name and shape matches.
-
-    All or nothing: every parameter is checked before the first one is assigned.
+    All or nothing: every array is checked before the first one is assigned.
     """
-    for layer, p, value in _checked_params(net.parameters(), arrays, path):
-        setattr(layer, p, value)
+    checked = checked_arrays(net.layers, arrays, path, extra_prefixes)
+    net.load_arrays(checked)

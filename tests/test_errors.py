@@ -370,7 +370,7 @@ def test_assign_params_is_all_or_nothing(model_file):
     before = net.get_params()
     _, arrays = serialization.read_model_file(model_file)
     arrays["layers.4.W"] = arrays["layers.4.W"][:, :100]        # the first conv params are fine
-    expect(lambda: serialization.assign_params(net, arrays, "ckpt"), ModelFileError,
+    expect(lambda: serialization.assign_arrays(net, arrays, "ckpt"), ModelFileError,
            "layers.4.W", "(10, 100)", "(10, 432)")
     for name, value in net.get_params().items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)

@@ -11,8 +11,8 @@ generic path. Plans exist for the NumPy backend in float32 and these patterns:
     act: Sigmoid, ReLU or Tanh; loss quadratic or cross_entropy.
 
 What every plan guarantees (tests/test_fast.py):
-  * parameters are read from ``layer._params`` on every step and the gradients left in
-    ``layer._grads``, so ``optimizer.step(layers)`` and ``layer.W = ...`` between steps work unchanged;
+  * parameters are read from the layers' Parameter objects on every step and the gradients left in
+    their ``grad``, so ``optimizer.step(net.parameters())`` and ``layer.W = ...`` between steps work;
   * outputs, cost and gradients equal the reference's to float32 rounding, pooling ties resolved by
     the same rule (the first maximum in row-major window order gets the whole delta);
   * a step is bitwise reproducible: chunks and the two-thread split depend on the batch size only,
@@ -27,45 +27,61 @@ thread and the GIL switch interval lowered during the step (common.Plan._run say
 evaluated only at the pooling argmax; the first conv's dC/dx never formed.
 NOTE: those two settings are process-wide; a step sets them and restores them before it returns.
 """
+import os
+
 import numpy as np
 
 from .. import layers as L
+from ..errors import GpucnnError
 from .common import ACTIVATIONS, THREAD_MIN, Plan
 from .convstack import ConvStackPlan
 from .seed import SeedPlan
 
-__all__ = ["plan_for", "SeedPlan", "ConvStackPlan", "Plan", "THREAD_MIN"]
+__all__ = ["plan_for", "NoPlan", "SeedPlan", "ConvStackPlan", "Plan", "THREAD_MIN"]
 
 
 def plan_for(net):
-    """A fast plan for ``net``, or None when no fast path applies (then the generic path runs)."""
-    try:
-        blocks = _conv_blocks(net)
-        if blocks is None:
-            return None
-        if len(blocks) == 1 and blocks[0].in_channels == 1 and blocks[0].out_channels <= 8:
-            return SeedPlan(net)
-        return ConvStackPlan(net, len(blocks))
-    except Exception:                     # a pattern we misjudged must never break the network
-        return None
+    """-> (plan, None) when a fast plan covers ``net``, else (None, the reason); then the generic path runs.
+
+    ``GPUCNN_FAST=strict`` (the tests use it) raises NoPlan instead of falling back, so a pattern that
+    should be fast and is not fails loudly; ``GPUCNN_FAST=off`` always runs the generic path.
+    """
+    mode = os.environ.get("GPUCNN_FAST", "auto").lower()
+    if mode == "off":
+        return None, "GPUCNN_FAST=off"
+    blocks, reason = _conv_blocks(net)
+    if blocks is None:
+        if mode == "strict" and net.backend.name == "numpy" and net.dtype == np.float32:
+            raise NoPlan(f"no fused CPU plan for this network: {reason} (GPUCNN_FAST=strict)")
+        return None, reason
+    if len(blocks) == 1 and blocks[0].in_channels == 1 and blocks[0].out_channels <= 8:
+        return SeedPlan(net), None
+    return ConvStackPlan(net, len(blocks)), None
+
+
+class NoPlan(GpucnnError, RuntimeError):
+    """GPUCNN_FAST=strict and no fused plan covers the network."""
 
 
 def _conv_blocks(net):
-    """The Conv2D layers of [conv -> act -> pool 2] x k -> flatten -> dense -> [act], or None."""
+    """(the Conv2D layers of [conv -> act -> pool 2] x k -> flatten -> dense -> [act], None), or
+    (None, why not)."""
     layers = net.layers
-    if net.backend.name != "numpy" or net.dtype != np.float32 \
-            or net.loss.name not in ("quadratic", "cross_entropy"):
-        return None
+    if net.backend.name != "numpy":
+        return None, f"the fused CPU plans run on the numpy backend, this is {net.backend.name!r}"
+    if net.dtype != np.float32:
+        return None, f"the fused CPU plans run float32, this network is {net.dtype.name}"
     convs, i = [], 0
     while i + 3 <= len(layers) and isinstance(layers[i], L.Conv2D):
         conv, act, pool = layers[i:i + 3]
         if not (conv.stride == 1 and conv.padding == (0, 0) and type(act) in ACTIVATIONS
                 and isinstance(pool, L.MaxPool2D) and pool.size == 2 and pool.stride == 2):
-            return None
+            return None, (f"layers {i}-{i + 2} are not conv(stride 1, no padding) -> activation -> "
+                          "max-pool 2")
         convs.append(conv)
         i += 3
     tail = layers[i:]
     if not convs or len(tail) not in (2, 3) or not isinstance(tail[0], L.Flatten) \
             or not isinstance(tail[1], L.Dense) or (len(tail) == 3 and type(tail[2]) not in ACTIVATIONS):
-        return None
-    return convs
+        return None, f"the layers from {i} on are not flatten -> dense -> [activation]"
+    return convs, None

@@ -169,7 +169,7 @@ class Plan:
         self.net.out = None                          # the layers' caches are stale: no backward()
         if math.isfinite(cost):
             self._store_grads(parts)
-            optimizer.step(self.net.layers)
+            optimizer.step(self.net.parameters())
         return cost, out
 
     def forward(self, x):

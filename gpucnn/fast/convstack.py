@@ -53,7 +53,7 @@ class ConvStackPlan(Plan):
         """Wm (kh*kw*c, f) per conv, rows (i, j, c) as im2col lays them out; the permuted dense W."""
         convs = []
         for conv, act in zip(self.convs, self.acts):
-            W, b = conv._params["W"], conv._params["b"]
+            W, b = conv.W, conv.b
             f = W.shape[0]
             Wm = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(-1, f)
             # Sigmoid's 0.5 * z folded into the forward weights (exact: a power of 2)
@@ -61,7 +61,7 @@ class ConvStackPlan(Plan):
             # for dC/d(input), tap by tap: (kh*kw, f, c)
             W_taps = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, W.shape[1])
             convs.append((Wm * scale if scale != 1.0 else Wm, b * scale, W_taps))
-        W2, b2 = self.dense._params["W"], self.dense._params["b"]
+        W2, b2 = self.dense.W, self.dense.b
         return dict(convs=convs, W2p=W2.take(self.perm, axis=1), b2=b2)
 
     def _chunk(self, x, y1, out, params, s, e, n, backward):
@@ -120,7 +120,7 @@ class ConvStackPlan(Plan):
         for k, (conv, geo) in enumerate(zip(self.convs, self.geo)):
             c, h, w, f, kh, kw = geo[:6]
             G = parts[f"G{k}"].reshape(kh, kw, c, f)
-            conv._grads["W"] = np.ascontiguousarray(G.transpose(3, 2, 0, 1))
-            conv._grads["b"] = parts[f"db{k}"]
-        self.dense._grads["W"] = parts["dW2p"].take(self.unperm, axis=1)
-        self.dense._grads["b"] = parts["db2"]
+            conv.params["W"].grad = np.ascontiguousarray(G.transpose(3, 2, 0, 1))
+            conv.params["b"].grad = parts[f"db{k}"]
+        self.dense.params["W"].grad = parts["dW2p"].take(self.unperm, axis=1)
+        self.dense.params["b"].grad = parts["db2"]

@@ -78,8 +78,8 @@ class SeedPlan(Plan):
     # -- the step ----------------------------------------------------------------------------------
     def _params(self):
         """This step's parameters in our layouts, read afresh from the layers."""
-        W1, b1 = self.conv._params["W"], self.conv._params["b"]
-        W2, b2 = self.dense._params["W"], self.dense._params["b"]
+        W1, b1 = self.conv.W, self.conv.b
+        W2, b2 = self.dense.W, self.dense.b
         # Sigmoid's 0.5 * z is folded into Tt and the bias: scaling by 2**-1 is exact, so this is
         # the same z * 0.5 the layer computes, one pass over z cheaper.
         scale = 0.5 if self.act is L.Sigmoid else 1.0
@@ -126,7 +126,7 @@ class SeedPlan(Plan):
         """Sum the band diagonals of Gt into dW (f, 1, kh, kw), its last column into db."""
         Gt = parts["Gt"]
         dW1 = Gt.reshape(-1).take(self.band_flat).reshape(self.f, self.kh, self.kw, -1)
-        self.conv._grads["W"] = dW1.sum(axis=-1).reshape(self.f, 1, self.kh, self.kw)
-        self.conv._grads["b"] = Gt[:, self.K].reshape(2, self.f, self.pv).sum(axis=(0, 2))
-        self.dense._grads["W"] = parts["dW2p"]
-        self.dense._grads["b"] = parts["db2"]
+        self.conv.params["W"].grad = dW1.sum(axis=-1).reshape(self.f, 1, self.kh, self.kw)
+        self.conv.params["b"].grad = Gt[:, self.K].reshape(2, self.f, self.pv).sum(axis=(0, 2))
+        self.dense.params["W"].grad = parts["dW2p"]
+        self.dense.params["b"].grad = parts["db2"]

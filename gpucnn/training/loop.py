@@ -1,25 +1,17 @@
 """The training loop behind ``Network.fit``: epochs of shuffled mini-batches, divergence guard,
-atomic checkpoints and exact resume.
+validation, history, checkpoints (gpucnn/training/checkpoint.py) and exact resume.
 
-A checkpoint is a model file (gpucnn/serialization.py) plus the loop's state: the epoch and step,
-the shuffle generator's state at the start of that epoch, the SGD velocities, the running sums of
-the epoch and the history so far. Resuming rebuilds the epoch's permutation from that generator
-state and skips the steps already done, so a resumed run gives the same parameters, bit for bit,
-as one that was never interrupted (same backend).
+An epoch runs on an *engine*: the host loop below (one ``net.train_step`` per batch), or, on the
+CUDA backends, a sync-free device engine (``device_epoch.engine_for``) that keeps the data, the
+shuffle, the cost and the accuracy on the device and reads them once per epoch.
 """
 import copy
-import json
 import math
-import sys
-import time
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import ModelFileError
-from .serialization import assign_params, read_model_file, save
-
-STATE_KEY = "training_state"
+from . import checkpoint, device_epoch
+from .progress import Progress
 
 
 class Divergence(FloatingPointError):
@@ -28,72 +20,49 @@ class Divergence(FloatingPointError):
 
 class Trainer:
     def __init__(self, net, xd, yd, epochs, batch_size, optimizer, shuffle=True, verbose=True,
-                 checkpoint=None, every=None):
+                 checkpoint_path=None, every=None):
         self.net, self.xd, self.yd = net, xd, yd
         self.n, self.epochs, self.batch_size = xd.shape[0], epochs, batch_size
         self.optimizer, self.shuffle, self.verbose = optimizer, shuffle, verbose
-        self.checkpoint, self.every = checkpoint, every
+        self.checkpoint, self.every = checkpoint_path, every
         self.epoch, self.step = 0, 0                 # next epoch to run, steps done in it
         self.cost_sum, self.correct = 0.0, 0         # running sums of the current epoch
         self.epoch_rng_state = None                  # shuffle generator state at the epoch's start
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         self.labels = yd.argmax(axis=1)              # once, not per step
-        # Divergence guard: the parameters before each step are copied into one of two buffer sets,
-        # alternately, so the set that gave the last finite loss is never the one being written.
-        self.slots = [(layer, p) for _, layer, p in net.parameters()]
-        self.snapshots = [[net.backend.xp.empty_like(layer._params[p]) for layer, p in self.slots]
-                          for _ in range(2)]
-        self.last_good = None
+        self.params = list(net.parameters())
+        self.engine = device_epoch.engine_for(self) or HostEpoch(self)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, validation=None):
         """validation: None or (x, one-hot rows, labels), already checked."""
         while self.epoch < self.epochs:
-            self._run_epoch()
+            if self.step == 0:
+                self.epoch_rng_state = copy.deepcopy(self.net.shuffle_rng.bit_generator.state)
+            self.engine.run_epoch(self.order())
             self._end_epoch(validation)
         return self.history
 
-    def _run_epoch(self):
-        net, xp = self.net, self.net.backend.xp
-        if self.step == 0:
-            self.epoch_rng_state = copy.deepcopy(net.shuffle_rng.bit_generator.state)
-        order = xp.asarray(self._order())
-        progress = Progress(self.epoch + 1, self.epochs, self.n, self.verbose)
-        for start in range(self.step * self.batch_size, self.n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            xb, yb = self.xd[idx], self.yd[idx]
-            cost, out = self._guarded_step(xb, yb)
-            self.cost_sum += cost * xb.shape[0]
-            self.correct += (out.argmax(axis=1) == self.labels[idx]).sum()   # stays on the device
-            self.step += 1
-            progress.update(start + xb.shape[0], self.cost_sum / (start + xb.shape[0]))
-            last = start + xb.shape[0] >= self.n          # the epoch's end writes one anyway
-            if self.checkpoint and self.every and self.step % self.every == 0 and not last:
-                self.save_checkpoint()
-        progress.close()
-
-    def _order(self):
-        """This epoch's permutation, drawn from the generator state saved at the epoch's start."""
+    def order(self):
+        """This epoch's permutation (NumPy), drawn from the generator state saved at the epoch's start."""
         if not self.shuffle:
             return np.arange(self.n)
         self.net.shuffle_rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
         return self.net.shuffle_rng.permutation(self.n)
 
-    def _guarded_step(self, xb, yb):
-        params = [layer._params[p] for layer, p in self.slots]
-        before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
-        for saved, value in zip(before, params):
-            saved[...] = value
-        cost, out = self.net.train_step(xb, yb, self.optimizer)
-        if not math.isfinite(cost):
-            if self.last_good is not None:
-                for value, saved in zip(params, self.last_good):
-                    value[...] = saved
-            raise Divergence(f"loss became {cost} at epoch {self.epoch + 1}, step {self.step + 1} "
-                             f"(batch of {xb.shape[0]}); try a smaller learning rate "
-                             f"(lr={self.optimizer.lr}). The last good parameters are kept.")
-        self.last_good = before              # these parameters gave a finite loss
-        return cost, out
+    def batches(self):
+        """(step, start, stop) of the steps still to run in this epoch."""
+        for start in range(self.step * self.batch_size, self.n, self.batch_size):
+            yield start // self.batch_size, start, min(start + self.batch_size, self.n)
+
+    def checkpoint_due(self, stop):
+        """A mid-epoch checkpoint after the step that ended at ``stop`` (the epoch's end writes one anyway)."""
+        return bool(self.checkpoint and self.every and self.step % self.every == 0 and stop < self.n)
+
+    def divergence(self, cost, step, batch):
+        return Divergence(f"loss became {cost} at epoch {self.epoch + 1}, step {step + 1} "
+                          f"(batch of {batch}); try a smaller learning rate "
+                          f"(lr={self.optimizer.lr}). The last good parameters are kept.")
 
     def _end_epoch(self, validation):
         h = self.history
@@ -101,7 +70,7 @@ class Trainer:
         h["accuracy"].append(int(self.correct) / self.n)
         line = f"epoch {self.epoch + 1}/{self.epochs}: loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}"
         if validation is not None:
-            cost, accuracy = self.net._score(*validation)    # one batched pass, fast path if any
+            cost, accuracy = self.net.score(*validation)    # one batched pass, fast path if any
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
@@ -112,71 +81,65 @@ class Trainer:
             self.save_checkpoint()
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _signature(self):
+    def signature(self):
         """What must match for a resume to continue the same run."""
         return {"n": self.n, "batch_size": self.batch_size, "epochs": self.epochs, "shuffle": self.shuffle,
-                "lr": self.optimizer.lr, "momentum": self.optimizer.momentum,
-                "weight_decay": self.optimizer.weight_decay}
+                **self.optimizer.hyperparameters()}
 
     def save_checkpoint(self):
-        state = {"signature": self._signature(), "epoch": self.epoch, "step": self.step,
-                 "cost_sum": self.cost_sum, "correct": int(self.correct), "history": self.history,
-                 "epoch_rng_state": self.epoch_rng_state,
-                 "shuffle_rng_state": self.net.shuffle_rng.bit_generator.state,
-                 "velocity": sorted(f"{i}.{p}" for i, p in self.optimizer.velocity)}
-        extra = {STATE_KEY: np.array(json.dumps(state))}
-        for (i, p), v in self.optimizer.velocity.items():
-            extra[f"velocity.{i}.{p}"] = to_numpy(v)
-        save(self.net, self.checkpoint, extra=extra)
+        self.engine.sync()
+        checkpoint.save(self, self.checkpoint)
 
     def resume(self, path):
-        """Load parameters and loop state from a checkpoint written by an identical ``fit`` call."""
-        description, arrays = read_model_file(path)
-        if {k: v for k, v in description.items() if k != "format"} != self.net.architecture():
-            raise ModelFileError(f"{path}: the checkpoint is of another architecture (layers, loss or input shape)")
-        if STATE_KEY not in arrays:
-            raise ModelFileError(f"{path} is a model file, not a training checkpoint (no training state)")
-        try:
-            state = json.loads(str(arrays[STATE_KEY]))
-            mismatch = {k: (state["signature"].get(k), v) for k, v in self._signature().items()
-                        if state["signature"].get(k) != v}
-            if mismatch:
-                raise ModelFileError(f"{path}: cannot resume, fit() arguments differ from the checkpoint's "
-                                     + ", ".join(f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in mismatch.items()))
-            assign_params(self.net, arrays, path)
-            self.optimizer.velocity = {}
-            for key in state["velocity"]:
-                i, p = key.split(".")
-                self.optimizer.velocity[(int(i), p)] = self.net.backend.asarray(arrays[f"velocity.{key}"], self.net.dtype)
-            self.epoch, self.step = int(state["epoch"]), int(state["step"])
-            self.cost_sum, self.correct = float(state["cost_sum"]), int(state["correct"])
-            self.history = state["history"]
-            self.epoch_rng_state = state["epoch_rng_state"]
-            self.net.shuffle_rng.bit_generator.state = state["shuffle_rng_state"]
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ModelFileError):
-                raise
-            raise ModelFileError(f"{path}: corrupt training state ({type(exc).__name__}: {exc})") from None
+        checkpoint.resume(self, path)
+        self.engine.reload()
 
 
-class Progress:
-    """A one-line progress bar with the running loss, on stderr; only on a terminal."""
+class HostEpoch:
+    """One ``net.train_step`` per batch; the divergence guard keeps the last good parameters.
 
-    def __init__(self, epoch, epochs, total, verbose):
-        self.prefix, self.total = f"epoch {epoch}/{epochs}", total
-        self.enabled = verbose and sys.stderr.isatty()
-        self.last = 0.0
+    Guard: the parameters before each step are copied into one of two buffer sets, alternately, so the
+    set that gave the last finite loss is never the one being written.
+    """
 
-    def update(self, done, running_loss):
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        filled = int(30 * done / self.total)
-        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{done}/{self.total} loss {running_loss:.4f}")
-        sys.stderr.flush()
+    def __init__(self, trainer):
+        self.t = trainer
+        xp = trainer.net.backend.xp
+        self.snapshots = [[xp.empty_like(p.value) for p in trainer.params] for _ in range(2)]
+        self.last_good = None
 
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 79 + "\r")
+    def run_epoch(self, order):
+        t, xp = self.t, self.t.net.backend.xp
+        order = xp.asarray(order)
+        progress = Progress(t.epoch + 1, t.epochs, t.n, t.verbose)
+        for _, start, stop in t.batches():
+            idx = order[start:stop]
+            xb, yb = t.xd[idx], t.yd[idx]
+            cost, out = self._guarded_step(xb, yb)
+            t.cost_sum += cost * xb.shape[0]
+            t.correct += (out.argmax(axis=1) == t.labels[idx]).sum()   # stays on the device
+            t.step += 1
+            progress.update(stop, t.cost_sum / stop)
+            if t.checkpoint_due(stop):
+                t.save_checkpoint()
+        progress.close()
+
+    def _guarded_step(self, xb, yb):
+        t = self.t
+        before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
+        for saved, p in zip(before, t.params):
+            saved[...] = p.value
+        cost, out = t.net.train_step(xb, yb, t.optimizer)
+        if not math.isfinite(cost):
+            if self.last_good is not None:
+                for p, saved in zip(t.params, self.last_good):
+                    p.value[...] = saved
+            raise t.divergence(cost, t.step, xb.shape[0])
+        self.last_good = before              # these parameters gave a finite loss
+        return cost, out
+
+    def sync(self):
+        """Nothing to bring back: the host loop keeps its state in the trainer."""
+
+    def reload(self):
+        """Nothing to refresh after a resume."""

@@ -1,0 +1,62 @@
+"""Training checkpoints: a model file (gpucnn/serialization.py) plus the loop's state.
+
+State: the epoch and step, the shuffle generator's state at the start of that epoch, the optimizer's
+per-parameter state (``optim.<param name>.<slot>`` arrays), the running sums of the epoch and the
+history so far. Resuming rebuilds the epoch's permutation from that generator state and skips the
+steps already done, so a resumed run gives the same parameters, bit for bit, as one that was never
+interrupted (same backend).
+"""
+import json
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..errors import ModelFileError
+from ..serialization import OPTIM_PREFIX, STATE_KEY, assign_arrays, read_model_file, save as save_model
+
+
+def save(trainer, path):
+    t = trainer
+    slots = sorted(f"{name}|{slot}" for name, state in t.optimizer.state.items() for slot in state)
+    state = {"signature": t.signature(), "epoch": t.epoch, "step": t.step,
+             "cost_sum": t.cost_sum, "correct": int(t.correct), "history": t.history,
+             "epoch_rng_state": t.epoch_rng_state,
+             "shuffle_rng_state": t.net.shuffle_rng.bit_generator.state, "optimizer_state": slots}
+    extra = {STATE_KEY: np.array(json.dumps(state))}
+    for name, slots_of in t.optimizer.state.items():
+        for slot, value in slots_of.items():
+            extra[f"{OPTIM_PREFIX}{name}.{slot}"] = to_numpy(value)
+    save_model(t.net, path, extra=extra)
+
+
+def resume(trainer, path):
+    """Load parameters and loop state from a checkpoint written by an identical ``fit`` call."""
+    t = trainer
+    description, arrays = read_model_file(path)
+    if {k: v for k, v in description.items() if k != "format"} != t.net.architecture():
+        raise ModelFileError(f"{path}: the checkpoint is of another architecture (layers, loss or input shape)")
+    if STATE_KEY not in arrays:
+        raise ModelFileError(f"{path} is a model file, not a training checkpoint (no training state)")
+    try:
+        state = json.loads(str(arrays.pop(STATE_KEY)))
+        mismatch = {k: (state["signature"].get(k), v) for k, v in t.signature().items()
+                    if state["signature"].get(k) != v}
+        if mismatch:
+            raise ModelFileError(f"{path}: cannot resume, fit() arguments differ from the checkpoint's "
+                                 + ", ".join(f"{k} {a!r} (checkpoint) vs {b!r}" for k, (a, b) in mismatch.items()))
+        optimizer_state = {}
+        for entry in state["optimizer_state"]:
+            name, slot = entry.split("|")
+            value = arrays[f"{OPTIM_PREFIX}{name}.{slot}"]
+            optimizer_state.setdefault(name, {})[slot] = t.net.backend.asarray(value, t.net.dtype)
+        assign_arrays(t.net, arrays, path)
+        t.optimizer.state = optimizer_state
+        t.epoch, t.step = int(state["epoch"]), int(state["step"])
+        t.cost_sum, t.correct = float(state["cost_sum"]), int(state["correct"])
+        t.history = state["history"]
+        t.epoch_rng_state = state["epoch_rng_state"]
+        t.net.shuffle_rng.bit_generator.state = state["shuffle_rng_state"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: corrupt training state ({type(exc).__name__}: {exc})") from None
