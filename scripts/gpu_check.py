@@ -344,8 +344,8 @@ class Check:
 
     def bench_step(self, seconds):
         argv = [self.py, str(REPO / "benchmarks" / "bench_gpu.py"), "--out", str(self.out / "bench"),
-                "--batches", *(["64"] if self.quick else ["64", "256"]), "--rounds", "3",
-                "--block-s", "0.05", "--time-budget", str(max(5, int(seconds - 10)))]
+                "--batches", *(["64"] if self.quick or self.rehearse else ["64", "256"]), "--rounds", "3", "--steps", "100",
+                "--time-budget", str(max(5, int(seconds - 10)))]
         if self.quick or self.rehearse:
             argv.append("--no-epoch")
         if self.rehearse:
@@ -354,7 +354,8 @@ class Check:
         if rc is None:
             return TIMEOUT, f"killed after {seconds:.0f} s; last line: {_last_line(text)}", None
         lines = [ln for ln in text.splitlines() if ln.startswith("RATIO ")]
-        detail = "; ".join(ln[6:] for ln in lines) or _last_line(text)
+        detail = ("rehearsal, CPU numbers: " if self.rehearse else "") + (
+            "; ".join(ln[6:] for ln in lines) or _last_line(text))
         if rc == 3:
             return NA, detail, None
         return (PASS if rc == 0 else FAIL), detail, {"rc": rc}
