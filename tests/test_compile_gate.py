@@ -13,10 +13,33 @@ import re
 
 import pytest
 
+from gpucnn import gpu_step
 from gpucnn.ops import cuda
 
 ARCHS = ("sm_80", "sm_90")
 GATE_OPTIONS = cuda.NVRTC_OPTIONS + cuda.CUPY_ADDED_OPTIONS
+ALL_FILES = cuda.KERNEL_FILES + tuple(cuda.STEP_KERNELS)
+ALL_KERNELS = {**cuda.KERNELS, **cuda.STEP_KERNELS}
+
+
+def _step_defines():
+    """seed_step.cu is compiled per network: the seed net (quadratic, sigmoid, batch 64), its modern
+    variant (cross-entropy, relu, batch 256), and odd sizes (tanh, pool 3, batch 1)."""
+    from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, Tanh
+    from gpucnn.network import Network, seed_network
+    nets = {"seed-b64": (seed_network(backend="numpy"), 64),
+            "relu-ce-b256": (seed_network(backend="numpy", loss="cross_entropy", activation="relu"), 256),
+            "odd-b1": (Network([Conv2D(1, 2, 4), Tanh(), MaxPool2D(3), Flatten(), Dense(84, 7)],
+                               input_shape=(1, 23, 25), backend="numpy"), 1)}
+    return {name: gpu_step.step_defines(gpu_step.seed_family(net)[0], batch)
+            for name, (net, batch) in nets.items()}
+
+
+def _gate_cases():
+    cases = [(name, ()) for name in cuda.KERNEL_FILES]
+    cases += [pytest.param(gpu_step.SEED_STEP_FILE, defines, id=f"{gpu_step.SEED_STEP_FILE}-{name}")
+              for name, defines in _step_defines().items()]
+    return cases
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +94,14 @@ def ptxas_problems(log):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("file_name", cuda.KERNEL_FILES)
-def test_kernel_compiles_clean(nvrtc, file_name, arch):
-    options = GATE_OPTIONS + (f"-arch={arch}", "-Xptxas", "-v")
+@pytest.mark.parametrize("file_name, defines", _gate_cases())
+def test_kernel_compiles_clean(nvrtc, file_name, defines, arch):
+    options = GATE_OPTIONS + tuple(defines) + (f"-arch={arch}", "-Xptxas", "-v")
     ok, log = compile_cubin(nvrtc, cuda.read_kernel_source(file_name), file_name, options)
     assert ok, f"{file_name} failed to compile for {arch} with {' '.join(options)}:\n{log}"
     entries, problems = ptxas_problems(log)
-    assert sorted(entries) == sorted(cuda.KERNELS[file_name]), (
-        f"{file_name}: entry points {entries} differ from KERNELS {cuda.KERNELS[file_name]}\n{log}")
+    assert sorted(entries) == sorted(ALL_KERNELS[file_name]), (
+        f"{file_name}: entry points {entries} differ from KERNELS {ALL_KERNELS[file_name]}\n{log}")
     assert not problems, f"{file_name} for {arch}:\n" + "\n".join(problems) + f"\n\n{log}"
 
 
@@ -121,7 +144,7 @@ def _source(file_name):
     return cuda.read_kernel_source(file_name)
 
 
-@pytest.mark.parametrize("file_name", cuda.KERNEL_FILES)
+@pytest.mark.parametrize("file_name", ALL_FILES)
 def test_source_rules(file_name):
     """No headers (NVRTC has none), no atomics (determinism), a header block, extern "C" entries."""
     text = _source(file_name)
@@ -132,7 +155,7 @@ def test_source_rules(file_name):
     for part in ("Math", "Layout", "Thread mapping", "Launch rule", "Versions"):
         assert part in text[:4000], f"{file_name}: the header lacks its {part!r} section"
     assert header.startswith(f"// {file_name}")
-    for kernel in cuda.KERNELS[file_name]:
+    for kernel in ALL_KERNELS[file_name]:
         assert re.search(rf'extern "C" __global__ void {kernel}\(', code), f"{kernel} not extern C"
 
 

@@ -38,6 +38,11 @@ KERNELS = {
     "maxpool2d.cu": ("maxpool2d_forward", "maxpool2d_backward"),
 }
 KERNEL_FILES = tuple(KERNELS)
+# Kernels whose sizes are compile-time constants: compiled per network with -D options by the host
+# code that launches them (gpucnn/gpu_step.py), through CudaOps.compile_module.
+STEP_KERNELS = {
+    "seed_step.cu": ("seed_step_sample", "seed_step_stats", "seed_step_update"),
+}
 
 ELEMENT_THREADS = 256   # "thread" launches: one thread per output element
 REDUCE_THREADS = 256    # "block" launches: one block per output element; = #define in the .cu
@@ -97,11 +102,26 @@ class CudaOps:
 
     def __init__(self, xp, load_module, empty):
         self.xp, self.empty = xp, empty
+        self._load_module, self._modules = load_module, {}
         self._kernels = {}
         for file_name, kernel_names in KERNELS.items():
             module = load_module(read_kernel_source(file_name), NVRTC_OPTIONS, file_name)
             for kernel in kernel_names:       # get_function compiles (CuPy): errors surface here
                 self._kernels[kernel] = module.get_function(kernel)
+
+    def compile_module(self, file_name, defines=()):
+        """The kernels of cuda/<file_name> compiled with NVRTC_OPTIONS + defines (e.g. "-DK=5"):
+        {kernel name: launchable}, cached per (file, defines). Not one of OP_NAMES: the fused step
+        (gpucnn/gpu_step.py) compiles its kernels with the network's sizes as constants."""
+        key = (file_name, tuple(defines))
+        if key not in self._modules:
+            names = STEP_KERNELS.get(file_name) or KERNELS.get(file_name)
+            if names is None:
+                raise ValueError(f"no kernel file {file_name!r} in STEP_KERNELS or KERNELS")
+            module = self._load_module(read_kernel_source(file_name), NVRTC_OPTIONS + tuple(defines),
+                                       file_name)
+            self._modules[key] = {name: module.get_function(name) for name in names}
+        return self._modules[key]
 
     # --- helpers ------------------------------------------------------------------------------
 
