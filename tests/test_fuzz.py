@@ -268,7 +268,7 @@ description = st.fixed_dictionaries({
 @given(description)
 def test_build_network_from_generated_descriptions(scratch, desc):
     """Descriptions of every shape: a Network that round-trips through a file, or ModelFileError."""
-    net = outcome(lambda: serialization.build_network(desc, "numpy"), ModelFileError)
+    net = outcome(lambda: gpucnn.network.build_network(desc, "numpy"), ModelFileError)
     if net is not None:
         path = scratch / "built.npz"
         net.save(path)
