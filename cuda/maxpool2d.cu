@@ -4,7 +4,9 @@
 //   forward   a[n,c,y,x] = max_{i,j < size} x[n, c, y*s + i, x*s + j],  oh = (h - size) / s + 1
 //             argmax[n,c,y,x] = i*size + j of the FIRST maximum in row-major window order (NumPy's
 //             np.argmax rule; a NaN counts as the maximum, as in NumPy). Ties are common on real digits
-//             (blank background), and exactly one input must receive each delta.
+//             (blank background), and exactly one input must receive each delta. Values are compared
+//             and written flushed (reference.py::flush_subnormals: a subnormal is the zero of its
+//             sign), by the bits, so the result is the same with -ftz=true (CuPy's) or without.
 //   backward  da_prev[n,c,r,q] = sum of delta[n,c,y,x] over the windows (y, x) that contain (r, q)
 //             and whose argmax is (r - y*s)*size + (q - x*s); 0 for every other input.
 //
@@ -22,6 +24,14 @@
 //
 // Versions:
 //   v1  direct, one thread per output (forward) / per input (backward).
+//   v2  forward compares flushed values (v1 picked another argmax than -ftz=true code on subnormals).
+
+// A subnormal becomes the zero of its sign, by the bits (the same under -ftz=true or not).
+__device__ __forceinline__ float flush(float v)
+{
+    unsigned int bits = __float_as_uint(v);
+    return (bits & 0x7f800000u) == 0u ? __uint_as_float(bits & 0x80000000u) : v;
+}
 
 extern "C" __global__ void maxpool2d_forward(
     float* a,              // (n, c, oh, ow)
@@ -38,11 +48,11 @@ extern "C" __global__ void maxpool2d_forward(
     int nc = t / (ow * oh);                // n*c + c: x[n, c] is (h, w)
 
     const float* window = x + (nc * h + oy * stride) * w + ox * stride;
-    float best = window[0];
+    float best = flush(window[0]);
     int best_k = 0;
     for (int i = 0; i < size; ++i) {
         for (int j = 0; j < size; ++j) {
-            float v = window[i * w + j];
+            float v = flush(window[i * w + j]);
             // Strictly greater keeps the first maximum; v != v is NaN, which wins once, like NumPy.
             if (v > best || (v != v && best == best)) {
                 best = v;

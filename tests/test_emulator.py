@@ -84,6 +84,30 @@ def test_ballot(good, schedule):
     np.testing.assert_array_equal(out, (x.reshape(4, 32) > 0).sum(axis=1))
 
 
+def test_kernels_flush_subnormals_like_ftz_and_the_host_does_not(good):
+    """-ftz=true on the GPU: a subnormal input counts as zero, a subnormal result is written as zero
+    (of its sign). The emulator sets FTZ/DAZ while kernels run and gives the host its mode back."""
+    tiny = np.float32(1e-39)                                   # subnormal (< 1.18e-38)
+    a = np.array([tiny, -tiny, 1e-20, 1.0, 3.0], np.float32)
+    b = np.array([1.0, 1.0, -1e-20, tiny, 0.0], np.float32)
+    out = emulator.empty((2, 5), np.float32)
+    good.get_function("flush_probe")(1, 32, (out, a, b, np.int32(5)))
+    want_mul = np.array([0.0, -0.0, -0.0, 0.0, 0.0], np.float32)
+    want_add = np.array([0.0, -0.0, 2e-20, 2.0, 6.0], np.float32)
+    assert out[0].tobytes() == want_mul.tobytes() and out[1].tobytes() == want_add.tobytes(), out
+    assert a[2] * b[2] != 0 and tiny * np.float32(1.0) == tiny     # NumPy still sees subnormals
+
+
+@pytest.mark.parametrize("n", [3, 6, 18, 1025])
+def test_arguments_are_256_byte_aligned_like_cupy(good, n):
+    """A float4 body with a scalar tail is legal on a GPU (CuPy aligns to 256); so it is here."""
+    x = _x(n)
+    total, where = emulator.empty(1, np.float32), emulator.empty(2, np.int32)
+    good.get_function("vector_tail")(1, 1, (total, where, x, np.int32(n)))
+    np.testing.assert_array_equal(where, [0, 0])
+    np.testing.assert_allclose(total[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
+
+
 def test_two_workers_give_the_same_answer(good):
     x = _x(20 * 256)
     out = emulator.empty(20, np.float32)

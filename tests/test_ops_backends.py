@@ -169,6 +169,20 @@ def test_pool_nan_is_the_maximum_like_numpy(backend_name):
     np.testing.assert_array_equal(to_numpy(results["a"]), a)       # NaN == NaN for this assert
 
 
+def test_pool_subnormals_count_as_signed_zeros(backend_name):
+    """The -ftz=true rule (CuPy compiles so): a window of subnormals ties at zero, so the first
+    element wins and the output is a zero of its sign, on every backend alike."""
+    tiny = np.float32(1e-39)
+    x = np.zeros((1, 1, 2, 6), np.float32)
+    x[0, 0] = [[tiny, 3 * tiny, -tiny, 2 * tiny, -tiny, 0.0],
+               [2 * tiny, -0.0, -2 * tiny, -tiny, 1e-30, tiny]]
+    delta = np.array([[[[1.0, 2.0, 3.0]]]], np.float32)
+    results = _run_pool_ops(get_backend(backend_name), x, delta, 2, 2)
+    np.testing.assert_array_equal(to_numpy(results["argmax"]), [[[[0, 0, 2]]]])
+    assert to_numpy(results["a"]).tobytes() == np.array([0.0, -0.0, 1e-30], np.float32).tobytes()
+    _check_pool(results, x, delta, 2, 2, "subnormals")
+
+
 # --- real digits: blank backgrounds make ties -----------------------------------------------------
 
 def test_real_digits_pool_ties_and_seed_conv(backend_name, digits, rng):

@@ -78,14 +78,23 @@ def conv2d_backward_input(delta, W, x_shape, stride, padding):
     return np.ascontiguousarray(da_pad[:, :, ph:ph + h, pw:pw + w])
 
 
+def flush_subnormals(x):
+    """Every subnormal -> the zero of its sign: what a GPU reads under CuPy's -ftz=true."""
+    if x.dtype.kind != "f":
+        return x
+    return np.where(np.abs(x) < np.finfo(x.dtype).tiny, np.copysign(np.zeros_like(x), x), x)
+
+
 def maxpool2d_forward(x, size, stride):
     """a[n,c,y,x] = max over the window at (y*s, x*s); argmax = first maximum in row-major order.
 
     x (n, c, h, w) -> a (n, c, oh, ow), argmax (n, c, oh, ow) int32 with oh = (h - size) // s + 1.
     Ties are common on real digits (blank background); np.argmax returns the first maximum, which is
     the rule every backend follows, so exactly one input receives each delta.
+    Subnormals compare, and come out, as zeros of their sign (``flush_subnormals``): a GPU compiled
+    with -ftz=true sees them so, and every backend must pick the same argmax.
     """
-    windows = _windows(x, size, size, stride)
+    windows = _windows(flush_subnormals(x), size, size, stride)
     n, c, oh, ow = windows.shape[:4]
     flat = windows.reshape(n, c, oh, ow, size * size)
     argmax = flat.argmax(axis=-1).astype(np.int32)

@@ -5,6 +5,8 @@
 //   scale_dynamic out[i] = x[n-1-i] * 2 within one block     extern __shared__ sized by the host
 //   histogram     counts[x[i] % nbins] += 1                  shared + global atomicAdd
 //   ballot_count  out[w] = number of positive x in warp w    __ballot_sync, __popc
+//   flush_probe   out = a * b, a + a (subnormals flush, as under -ftz=true)
+//   vector_tail   float4 loads of x's body, scalar tail; addresses mod 256 of every argument
 
 extern "C" __global__ void vadd(float* out, const float* a, const float* b, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -65,4 +67,25 @@ extern "C" __global__ void ballot_count(int* out, const float* x) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     unsigned votes = __ballot_sync(0xffffffffu, x[i] > 0.0f);
     if ((threadIdx.x & 31) == 0) out[i / 32] = __popc(votes);
+}
+
+// out (2, n): out[0] = a * b, out[1] = a + a; one thread per element
+extern "C" __global__ void flush_probe(float* out, const float* a, const float* b, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[i] = a[i] * b[i];
+        out[n + i] = a[i] + a[i];
+    }
+}
+
+// x has n floats (n not a multiple of 4): sum[0] = the sum of x, its first n/4*4 by float4 loads,
+// which need x 16-byte aligned; where[0..1] = the addresses of sum and x modulo 256. One thread.
+extern "C" __global__ void vector_tail(float* sum, int* where, const float* x, int n) {
+    const float4* body = reinterpret_cast<const float4*>(x);
+    float s = 0.0f;
+    for (int k = 0; k < n / 4; ++k) s += body[k].x + body[k].y + body[k].z + body[k].w;
+    for (int k = n / 4 * 4; k < n; ++k) s += x[k];
+    sum[0] = s;
+    where[0] = (int)((unsigned long long)sum % 256);
+    where[1] = (int)((unsigned long long)x % 256);
 }
