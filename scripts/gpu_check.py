@@ -100,10 +100,11 @@ def table(results, total):
 
 
 # -- compute-sanitizer: where it is, and what its output means -------------------------------------
-def find_sanitizer(env=None):
+def find_sanitizer(env=None, local="/usr/local", site_dirs=None):
     """Path of compute-sanitizer, or None: PATH, $CUDA_HOME/$CUDA_PATH, nvcc's folder,
     /usr/local/cuda*, then the nvidia pip wheels (nvidia-cuda-sanitizer-api-cu12, ...)."""
     env = os.environ if env is None else env
+    site_dirs = sys.path if site_dirs is None else site_dirs
     found = shutil.which("compute-sanitizer", path=env.get("PATH", ""))
     if found:
         return found
@@ -111,12 +112,12 @@ def find_sanitizer(env=None):
     nvcc = shutil.which("nvcc", path=env.get("PATH", ""))
     if nvcc:
         roots.append(str(Path(nvcc).resolve().parent.parent))
-    roots += sorted(str(p) for p in Path("/usr/local").glob("cuda*"))
+    roots += sorted(str(p) for p in Path(local).glob("cuda*"))
     candidates = []
     for root in roots:
         candidates += [Path(root) / "bin" / "compute-sanitizer",
                        Path(root) / "compute-sanitizer" / "compute-sanitizer"]
-    for site in sys.path:
+    for site in site_dirs:
         nvidia = Path(site or ".") / "nvidia"
         if nvidia.is_dir():
             candidates += sorted(nvidia.glob("*/compute-sanitizer/compute-sanitizer"))
