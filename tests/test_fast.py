@@ -238,3 +238,22 @@ def test_network_uses_the_plan(batch):
     out_ref, cost_ref, _ = reference(ref, x, y1)
     close(out, out_ref)
     assert gpucnn.seed_network(backend="numpy", seed=1)._fast is not None
+
+
+@pytest.mark.parametrize("name", ["seed-sigmoid", "wide"])
+def test_chunks_split_over_ranks_give_the_single_process_bits(batch, name):
+    """The data-parallel contract: whole chunks per rank, parts combined in chunk order."""
+    x, y1 = inputs_for(NETS[name][0](), batch, 70)
+    single = NETS[name][0]()
+    fast.plan_for(single)[0].train_step(x, y1, NoStep())
+    net = NETS[name][0]()
+    plan = fast.plan_for(net)[0]
+    chunks = plan.chunks(70)
+    assert chunks == plan.chunks(70) and chunks[0][0] == 0 and chunks[-1][1] == 70 and len(chunks) > 1
+    params, out = plan.params(), np.empty((70, 10), np.float32)
+    cut = len(chunks) // 2                              # rank 0 takes the first chunks, rank 1 the rest
+    parts = (plan.chunk_parts(x, y1, out, params, range(cut), 70)
+             + plan.chunk_parts(x, y1, out, params, range(cut, len(chunks)), 70))
+    plan.store_grads(plan.combine(parts))
+    for g, r in zip(grads(net), grads(single)):
+        assert g.tobytes() == r.tobytes()

@@ -26,6 +26,24 @@ take chunks from a shared queue (NumPy and OpenBLAS release the GIL), with OpenB
 thread and the GIL switch interval lowered during the step (common.Plan._run says why); sigma'
 evaluated only at the pooling argmax; the first conv's dC/dx never formed.
 NOTE: those two settings are process-wide; a step sets them and restores them before it returns.
+
+Data-parallel contract (exact distributed training builds on exactly these; ``train_step`` is made of
+them, so one process and N ranks run identical code):
+
+    plan.chunks(n)          -> [(start, stop), ...] the chunks of a global batch of n rows; a function
+                               of n only (the same on every rank, every step)
+    plan.params()           -> this step's parameters in the plan's layouts (read from the layers)
+    plan.chunk_parts(x, y1, out, params, chunk_ids, n)
+                            -> [parts dict per chunk, in the order of chunk_ids]. x (n, *input_shape),
+                               y1 (n, classes) one-hot float32 and out (n, classes) float32 are the
+                               WHOLE global batch; only the rows of the given chunks are read (x, y1)
+                               and written (out). Every part is already divided by the global n.
+    plan.combine(parts_list)-> the sum of the parts in list order (pass them in chunk order 0, 1, ...
+                               for the single-process bits); dict of float32 arrays, fixed keys
+    plan.store_grads(combined) -> writes every layer's Parameter.grad (their shapes)
+
+A rank takes whole chunks in order (rank r of R: a contiguous run of chunk ids), all-gathers the
+per-chunk parts, and combines them in chunk order: bitwise the parameters of one process.
 """
 import os
 

@@ -158,29 +158,56 @@ class Plan:
 
     # -- the public entry points (the hook in Network) --------------------------------------------
     def train_step(self, xb, y1, optimizer):
-        """One SGD step; returns (cost, out) as Network.train_step does. A non-finite cost skips it."""
+        """One SGD step; returns (cost, out) as Network.train_step does. A non-finite cost skips it.
+
+        Built from the data-parallel pieces (params, chunks, chunk_parts, combine, store_grads), so one
+        process and N ranks run the same code.
+        """
         xb, n = np.ascontiguousarray(xb, np.float32), xb.shape[0]
         y1 = np.ascontiguousarray(y1, np.float32)
-        params = self._params()
+        params = self.params()
         out = np.empty((n, self.out_features), np.float32)
-        with self._guard(n):
-            parts = self._run(xb, y1, out, params, backward=True)
+        parts = self.chunk_parts(xb, y1, out, params, range(len(self.chunks(n))), n)
         cost = self.net.loss.cost(np, out, y1)
         self.net.out = None                          # the layers' caches are stale: no backward()
         if math.isfinite(cost):
-            self._store_grads(parts)
+            self.store_grads(self.combine(parts))
             optimizer.step(self.net.parameters())
         return cost, out
 
     def forward(self, x):
         """Network output for x (n, *input_shape), as Network._forward gives it (no caches kept)."""
-        out = np.empty((x.shape[0], self.out_features), np.float32)
-        with self._guard(x.shape[0]):
-            self._run(np.ascontiguousarray(x, np.float32), None, out, self._params(), backward=False)
+        n = x.shape[0]
+        out = np.empty((n, self.out_features), np.float32)
+        self._run(np.ascontiguousarray(x, np.float32), None, out, self.params(),
+                  list(range(len(self.chunks(n)))), n, backward=False)
         return out
 
-    def _guard(self, n):
-        return self.blas if n >= self.blas_min else contextlib.nullcontext()
+    # -- the data-parallel pieces (contract: see gpucnn/fast/__init__.py) ------------------------
+    def params(self):
+        """This step's parameters in the plan's layouts, read afresh from the layers' Parameters."""
+        return self._params()
+
+    def chunk_parts(self, x, y1, out, params, chunk_ids, n):
+        """Forward and backward of the chunks ``chunk_ids`` of a global batch of n.
+
+        x (n, *input_shape), y1 (n, classes) and out (n, classes) are whole-batch arrays; only the
+        rows of the given chunks are read (x, y1) and written (out). Returns one gradient-part dict
+        per chunk, in the order of ``chunk_ids``; each part already divides by the global n.
+        """
+        return self._run(x, y1, out, params, list(chunk_ids), n, backward=True)
+
+    def combine(self, parts_list):
+        """The ordered sum of per-chunk parts (list order = chunk order): bitwise reproducible."""
+        total = dict(parts_list[0])
+        for part in parts_list[1:]:
+            for key in total:
+                total[key] = total[key] + part[key]
+        return total
+
+    def store_grads(self, combined):
+        """Write the combined parts into the layers' Parameter.grad (their own shapes and layout)."""
+        self._store_grads(combined)
 
     def _threads_from(self):
         return THREAD_MIN if self.thread_min is None else self.thread_min
@@ -189,17 +216,16 @@ class Plan:
         """The chunks (start, stop) of a batch of n: a function of n only, so the sums are too."""
         return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
 
-    def _run(self, x, y1, out, params, backward):
-        """Forward (and backward) of every chunk; returns the gradient parts summed in chunk order.
+    def _run(self, x, y1, out, params, chunk_ids, n, backward):
+        """Forward (and backward) of the chunks ``chunk_ids``; returns their parts in that order.
 
         From thread_min images on, this thread and the worker take chunks from a shared queue, so a
         worker slow to wake up (an idle vCPU) costs nothing but its share. Which thread ran a chunk
-        does not change its numbers, and the parts are summed in chunk order: bitwise reproducible.
+        does not change its numbers: bitwise reproducible.
         """
-        n = x.shape[0]
         chunks = self.chunks(n)
-        results = [None] * len(chunks)
-        todo, lock, stop = iter(range(len(chunks))), threading.Lock(), threading.Event()
+        results = [None] * len(chunk_ids)
+        todo, lock, stop = iter(range(len(chunk_ids))), threading.Lock(), threading.Event()
 
         def work():
             while not stop.is_set():
@@ -207,37 +233,35 @@ class Plan:
                     i = next(todo, None)
                 if i is None:
                     return
-                s, e = chunks[i]
+                s, e = chunks[chunk_ids[i]]
                 results[i] = self._chunk(x, y1, out, params, s, e, n, backward)
 
-        if self.blas.active and n >= self._threads_from() and len(chunks) > 1:
-            # Both threads hand the GIL back and forth around every NumPy call. A thread whose call
-            # has finished waits for the GIL; if the other keeps re-taking it first (it is already
-            # running, the waiter must be woken up), the waiter gets it only when the switch
-            # interval runs out: 5 ms by default, longer than a chunk. A short interval during the
-            # step bounds that wait (measured: the wide net at b64 2.5k -> 4.2k img/s, 2 threads).
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
-            try:
-                other = worker().submit(work)
+        with self._guard(n):
+            if self.blas.active and n >= self._threads_from() and len(chunk_ids) > 1:
+                # Both threads hand the GIL back and forth around every NumPy call. A thread whose
+                # call has finished waits for the GIL; if the other keeps re-taking it first, the
+                # waiter gets it only when the switch interval runs out: 5 ms by default, longer than
+                # a chunk. A short interval during the step bounds that wait (measured: the wide net
+                # at b64 2.5k -> 4.2k img/s, 2 threads).
+                interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
                 try:
-                    work()
-                except BaseException:
-                    stop.set()                       # the worker finishes its chunk and stops
-                    raise
+                    other = worker().submit(work)
+                    try:
+                        work()
+                    except BaseException:
+                        stop.set()                   # the worker finishes its chunk and stops
+                        raise
+                    finally:
+                        other.result()               # never leave it running past this step
                 finally:
-                    other.result()                   # never leave it running past this step
-            finally:
-                sys.setswitchinterval(interval)
-        else:
-            work()
-        if not backward:
-            return None
-        total = results[0]
-        for part in results[1:]:                     # fixed order: bitwise reproducible
-            for key in total:
-                total[key] = total[key] + part[key]
-        return total
+                    sys.setswitchinterval(interval)
+            else:
+                work()
+        return results if backward else None
+
+    def _guard(self, n):
+        return self.blas if n >= self.blas_min else contextlib.nullcontext()
 
     def _dense_forward(self, p, params, out, s, e):
         """z = p W^T + b (+ final activation) for the chunk's pooled rows p; fills out[s:e]."""
