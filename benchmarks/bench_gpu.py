@@ -101,9 +101,12 @@ class Clock:
             ev[1].record()
             ev[1].synchronize()
             return ev[0].elapsed_time(ev[1])
+        # gpucnn may launch on its own stream (a graph replays on a capture stream): the end event
+        # goes after a device-wide sync, so it follows all of the epoch's work on every stream.
         start, end = self.cupy.cuda.Event(), self.cupy.cuda.Event()
         start.record()
         run()
+        self.cupy.cuda.Device().synchronize()
         end.record()
         end.synchronize()
         return self.cupy.cuda.get_elapsed_time(start, end)
@@ -452,7 +455,7 @@ def run(args):
                "settings": {"rounds": args.rounds, "steps": args.steps, "batches": args.batches,
                             "cpu_dry_run": args.cpu_dry_run, "gap_s": args.gap_s}}
     if args.out or not (args.quick or args.cpu_dry_run):
-        print("wrote", *harness.write_results("gpu", payload, markdown(payload), args.out))
+        print("wrote", *write_results(payload, args.out))
     else:
         print("quick / dry run: no results written (pass --out DIR to keep them)")
     bad = [n for n, e in report["errors"].items() if n.startswith("gpucnn") and
@@ -462,6 +465,20 @@ def run(args):
     if bad:
         print(f"gpucnn not validated or not timed: {', '.join(bad)}", flush=True)
     return EXIT_FAIL if bad else EXIT_OK
+
+
+def write_results(payload, out_dir=None):
+    """<out_dir or benchmarks/results>/gpu-<date>-<card>.json and .md (the card, not the host, names them)."""
+    import json
+    folder = Path(out_dir) if out_dir else harness.RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    card = payload["machine"].get("card", "unknown")
+    slug = "cpu-dry-run" if card.startswith("none") else "-".join(
+        "".join(c if c.isalnum() else " " for c in card.lower()).split())[:40]
+    stem = folder / f"gpu-{payload['machine']['date'][:10]}-{slug}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    stem.with_suffix(".md").write_text(markdown(payload))
+    return stem.with_suffix(".json"), stem.with_suffix(".md")
 
 
 def device_info(dry_run):

@@ -238,7 +238,22 @@ class Check:
         results.finish(total)
         print("\n" + table(results, total), flush=True)
         (self.out / "table.txt").write_text(table(results, total) + "\n")
+        self.write_summary(results, total)
         return total["exit"]
+
+    def write_summary(self, results, total):
+        """gpu-check-<date>-<card>.md: what to commit under benchmarks/results/ after a GPU run."""
+        versions = next((s.get("data") or {} for s in results.steps if s["step"] == "versions"), {})
+        card = (versions.get("gpus") or ["no GPU"])[0].split(",")[0].strip()
+        slug = "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())[:40]
+        meta = results.meta
+        lines = [f"# GPU check, {meta['date']} ({meta['mode']})", "",
+                 f"Card: {', '.join(versions.get('gpus') or ['none'])}; commit {meta['commit']}; "
+                 f"CUDA driver {versions.get('cuda_driver')}, runtime {versions.get('cuda_runtime')}; "
+                 f"CuPy {versions.get('cupy')}; PyTorch {versions.get('torch')} (CUDA "
+                 f"{versions.get('torch_cuda')}); JAX {versions.get('jax')}; Python {meta['python']}.", "",
+                 "```", table(results, total), "```", ""]
+        (self.out / f"gpu-check-{meta['date'][:10]}-{slug}.md").write_text("\n".join(lines))
 
     def total(self, steps, seconds):
         bad = [s["step"] for s in steps if s["status"] in (FAIL, TIMEOUT, NOT_RUN)]
@@ -306,7 +321,10 @@ class Check:
         return status, detail, data
 
     def pytest_step(self, seconds):
-        argv = [self.py, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests"]
+        files = gpu_test_files()
+        if not files:
+            return FAIL, "no test file under tests/ uses the gpu marker or the backend_name fixture", None
+        argv = [self.py, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", *files]
         rc, text = self.spawn(argv, seconds, "gpu_tests.log")
         if rc is None:
             return TIMEOUT, f"killed after {seconds:.0f} s; last line: {_last_line(text)}", None
@@ -362,6 +380,18 @@ class Check:
         return (PASS if rc == 0 else FAIL), detail, {"rc": rc}
 
 
+def gpu_test_files():
+    """The test files that hold gpu-marked tests (the marker, or the backend fixture whose cupy
+    parameter carries it): collecting only them keeps a missing optional module elsewhere in tests/
+    from failing the step."""
+    files = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "mark.gpu" in text or re.search(r"def test_\w+\([^)]*\bbackend_name\b", text):
+            files.append(str(path.relative_to(REPO)))
+    return files
+
+
 def _last_line(text):
     return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "no output")[:240]
 
@@ -374,6 +404,9 @@ def _pytest_summary(text):
 
 
 def _commit():
+    """The checkout's commit; $GPU_CHECK_COMMIT where the copy has no .git (a lent machine's copy)."""
+    if os.environ.get("GPU_CHECK_COMMIT"):
+        return os.environ["GPU_CHECK_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
@@ -610,7 +643,7 @@ def worker_one_step(args):
         net = gpucnn.seed_network(backend=_backend(args), seed=0)
         net.fit(x, y, epochs=1, batch_size=len(y), lr=1.0, verbose=False)
         _sync()
-        print(f"one step, GPUCNN_GPU_STEP={path}: done", flush=True)
+        print(f"one step, GPUCNN_GPU_STEP={path}: done; {getattr(net, 'execution_path', str)()}", flush=True)
     backend = gpucnn.get_backend(_backend(args))
     ops, xp = backend.ops, backend.xp
     xd = xp.asarray(rng.standard_normal((3, 2, 13, 11)), dtype=xp.float32)
