@@ -92,6 +92,25 @@ def step_defines(sizes, batch_size):
         f"-DBATCH={int(batch_size)}", f"-DTHREADS={STEP_THREADS}")
 
 
+def describe(net):
+    """Which training step ``fit`` would run on this network, in words, without compiling anything
+    (for ``summary()``): "fused step, graph replay", "fused step, eager (because ...)", or why none."""
+    backend = net.backend.name
+    if backend not in ("cupy", "emulated"):
+        return f"no fused GPU step (the {backend} backend has no CUDA kernels)"
+    setting = step_setting()
+    if setting == "generic":
+        return "layer by layer on the device (GPUCNN_GPU_STEP=generic)"
+    sizes, reason = seed_family(net)
+    if sizes is None:
+        return f"layer by layer on the device ({reason})"
+    if setting == "eager":
+        return "fused step, eager (because GPUCNN_GPU_STEP=eager)"
+    if backend == "emulated":
+        return "fused step, eager (because graph capture is CuPy-only: the emulator runs the same launches eagerly)"
+    return "fused step, graph replay (eager if the capture fails; fit says which)"
+
+
 def plan_gpu_step(net, batch_size, optimizer):
     """-> (GpuStep, its mode) when the step can be fused, else (None, why not)."""
     backend = net.backend.name
@@ -265,8 +284,8 @@ class GpuStep:
         ``correct`` cover the steps before it (those were applied).
         """
         with self._on_stream():
-            state = _to_host(self.state)
-            cost, correct = _to_host(self.step_cost), _to_host(self.step_correct)
+            state = to_host(self.state)
+            cost, correct = to_host(self.step_cost), to_host(self.step_correct)
         self.synchronize()
         done = min(int(state[0]), self.steps) if steps is None else steps
         diverged = int(state[2]) - 1 if state[2] else None
@@ -276,5 +295,6 @@ class GpuStep:
                 else None, "updates": int(state[3]), "steps_run": done}
 
 
-def _to_host(array):
+def to_host(array):
+    """A device array -> NumPy: the one device-to-host read the GPU step and engines use."""
     return array.get() if hasattr(array, "get") else np.array(array)

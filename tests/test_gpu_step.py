@@ -256,3 +256,122 @@ def test_step_defines_cover_every_size_the_kernel_needs():
     used = set(re.findall(r"\b(H_IN|W_IN|K|F|POOL|CLASSES|BATCH|THREADS|ACT|OUT_ACT|LOSS)\b", source))
     assert used == given
     assert re.search(rf"#define STATE_SIZE {gpu_step.STATE_SIZE}\b", source)
+
+
+# --- the sync-free epoch (gpucnn/training/device_epoch.py) through Network.fit ---------------------
+
+def _fit(backend, x, labels, loss, activation, momentum=0.0, wd=0.0, lr=0.5, **kwargs):
+    net = gpucnn.seed_network(backend=backend, seed=0, loss=loss, activation=activation)
+    history = net.fit(x, labels, momentum=momentum, weight_decay=wd, lr=lr, verbose=False, **kwargs)
+    return net, history
+
+
+@pytest.mark.parametrize("variant", ["quadratic-sigmoid", "cross_entropy-relu-momentum-wd"])
+@pytest.mark.parametrize("setting", ["auto", "generic"])
+def test_emulated_fit_equals_numpy_fit(data, variant, setting, monkeypatch):
+    """21 steps (3 epochs of 7, a last batch of 4) on the device engine vs the NumPy fit."""
+    monkeypatch.setenv("GPUCNN_GPU_STEP", setting)
+    x, labels = data
+    loss, activation, momentum, wd, lr = VARIANTS[variant]
+    kwargs = dict(epochs=3, batch_size=6, momentum=momentum, wd=wd, lr=lr)
+    emu, history = _fit("emulated", x, labels, loss, activation, **kwargs)
+    ref, want = _fit("numpy", x, labels, loss, activation, **kwargs)
+    engine = "fused step" if setting == "auto" else "layer by layer on the device"
+    assert gpu_step.describe(emu).startswith(engine)
+    for name, value in _params(ref).items():
+        assert _rel(_params(emu)[name], value) < 1e-5, (name, _rel(_params(emu)[name], value))
+    np.testing.assert_allclose(history["loss"], want["loss"], rtol=1e-5)
+    assert history["accuracy"] == want["accuracy"]
+    again = _fit("emulated", x, labels, loss, activation, **kwargs)[0]
+    assert all(_params(again)[k].tobytes() == v.tobytes() for k, v in _params(emu).items())
+
+
+@pytest.mark.parametrize("setting", ["auto", "generic"])
+def test_no_device_reads_inside_an_epoch_but_at_checkpoints(data, setting, monkeypatch, tmp_path):
+    """Every device-to-host read of the engines goes through gpu_step.to_host: count them against the
+    steps run. 40 digits in batches of 6: 7 steps an epoch. Reads happen only at the checkpoints
+    (every=4: after step 4 of each epoch, i.e. steps 4 and 11 of the run) and at the epoch ends
+    (7 and 14); the per-step host path (train_step, the float cost) is never called."""
+    from gpucnn.training import device_epoch
+    monkeypatch.setenv("GPUCNN_GPU_STEP", setting)
+    x, labels = data
+    net = gpucnn.seed_network(backend="emulated", seed=0)
+    steps, reads = [0], []
+    real_to_host = gpu_step.to_host
+
+    def counted(array):
+        reads.append(steps[0])
+        return real_to_host(array)
+
+    engine = device_epoch.FusedEpoch if setting == "auto" else device_epoch.GenericEpoch
+    real_run_step = engine.run_step
+
+    def run_step(self, *args):
+        steps[0] += 1
+        return real_run_step(self, *args)
+
+    def host_read(*args):
+        raise AssertionError("a per-step host read")
+
+    monkeypatch.setattr(device_epoch, "to_host", counted)
+    monkeypatch.setattr(gpu_step, "to_host", counted)
+    monkeypatch.setattr(engine, "run_step", run_step)
+    monkeypatch.setattr(type(net), "train_step", host_read)
+    monkeypatch.setattr(type(net.loss), "cost", host_read)
+    net.fit(x, labels, epochs=2, batch_size=6, lr=0.5, verbose=False,
+            checkpoint=str(tmp_path / "run.npz"), every=4)
+    assert steps[0] == 14 and sorted(set(reads)) == [4, 7, 11, 14], reads
+    assert len(reads) == 4 * (3 if setting == "auto" else 2)          # one sync = 3 (or 2) arrays
+
+
+@pytest.mark.parametrize("setting", ["auto", "generic"])
+def test_checkpoint_resume_on_the_device_is_exact(data, setting, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUCNN_GPU_STEP", setting)
+    x, labels = data
+    kwargs = dict(epochs=2, batch_size=6, lr=0.1, momentum=0.9, verbose=False)
+    whole = gpucnn.seed_network(backend="emulated", seed=0, loss="cross_entropy", activation="relu")
+    whole.fit(x, labels, **kwargs)
+    path = str(tmp_path / "run.npz")
+    first = gpucnn.seed_network(backend="emulated", seed=0, loss="cross_entropy", activation="relu")
+
+    class Interrupt(Exception):
+        pass
+
+    from gpucnn.training import checkpoint as checkpoints
+    real_save, saves = checkpoints.save, [0]
+
+    def save_then_stop(trainer, where):
+        real_save(trainer, where)
+        saves[0] += 1
+        if saves[0] == 3:                       # step 4 of epoch 2 (after epoch 1's two)
+            raise Interrupt
+
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
+    with pytest.raises(Interrupt):
+        first.fit(x, labels, checkpoint=path, every=4, **kwargs)
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    resumed = gpucnn.seed_network(backend="emulated", seed=0, loss="cross_entropy", activation="relu")
+    history = resumed.fit(x, labels, checkpoint=path, every=4, resume=True, **kwargs)
+    assert len(history["loss"]) == 2
+    for name, value in _params(whole).items():
+        assert _params(resumed)[name].tobytes() == value.tobytes(), name
+
+
+@pytest.mark.parametrize("setting", ["auto", "generic"])
+def test_divergence_in_fit_names_the_step_and_keeps_the_last_good_parameters(data, setting, monkeypatch):
+    """A linear output under the quadratic cost with lr=1e6 overflows within a few steps: the device
+    engines raise what the NumPy host loop raises, with its (last good) parameters."""
+    monkeypatch.setenv("GPUCNN_GPU_STEP", setting)
+    L = gpucnn.layers
+    x, labels = data
+    got, messages = {}, {}
+    for backend in ("numpy", "emulated"):
+        net = gpucnn.Network([L.Conv2D(1, 3, 5), L.Sigmoid(), L.MaxPool2D(2), L.Flatten(), L.Dense(432, 10)],
+                             backend=backend)
+        with np.errstate(all="ignore"), pytest.raises(gpucnn.Divergence) as err:
+            net.fit(x, labels, epochs=1, batch_size=6, lr=1e6, momentum=0.5, shuffle=False, verbose=False)
+        got[backend], messages[backend] = _params(net), str(err.value)
+    assert "loss became inf at epoch 1, step 5 (batch of 6)" in messages["numpy"], messages
+    assert messages["emulated"] == messages["numpy"]
+    for name, value in got["numpy"].items():
+        assert np.isfinite(got["emulated"][name]).all() and _rel(got["emulated"][name], value) < 1e-5, name
