@@ -50,7 +50,7 @@ GPU_PATHS = ("auto", "eager", "generic")             # GPUCNN_GPU_STEP values (g
 DONE_MARK = "GPU_CHECK_ONE_STEP_DONE"
 
 # name: (seconds full, seconds quick); a step missing from the quick column does not run with --quick.
-BUDGET = {"versions": (20, 10), "probe": (60, 45), "gpu_tests": (70, 35), "train": (45, 20),
+BUDGET = {"versions": (20, 15), "probe": (60, 40), "gpu_tests": (70, 35), "train": (45, 20),
           "repeat": (45, 20), "memcheck": (25, 25), "racecheck": (25, None), "synccheck": (25, None),
           "initcheck": (25, None), "bench": (60, 20)}
 STEPS = tuple(BUDGET)
@@ -194,7 +194,7 @@ class Check:
         self.args, self.py = args, sys.executable
         self.out = Path(args.out_dir).resolve()
         self.quick, self.dry, self.rehearse = args.quick, args.dry_run, args.rehearse
-        self.gpu_seen, self.gpu_ok, self.no_gpu_reason = None, False, None
+        self.gpu_seen, self.gpu_ok, self.no_gpu_reason, self.child = None, False, None, None
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # JAX must not take the card
@@ -206,8 +206,11 @@ class Check:
     def steps(self):
         column = 1 if self.quick else 0
         names = [s for s in STEPS if BUDGET[s][column] is not None]
-        if self.args.only:
-            names = [s for s in names if s in self.args.only]
+        if self.args.only:                                # the GPU steps need what the probe found
+            keep = set(self.args.only)
+            if keep - {"versions"} and not self.rehearse:
+                keep |= {"versions", "probe"}
+            names = [s for s in names if s in keep]
         return [(s, BUDGET[s][column]) for s in names]
 
     def run(self):
@@ -285,13 +288,22 @@ class Check:
         with open(log, "w", encoding="utf-8") as f:
             proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
                                     start_new_session=True)
+            self.child = proc
             try:
                 rc = proc.wait(timeout=seconds)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)       # the step and whatever it started
                 proc.wait()
                 rc = None
+            finally:
+                self.child = None
         return rc, log.read_text(encoding="utf-8", errors="replace")
+
+    def on_signal(self, signum, frame):
+        """Terminated from outside (a lease's limit): take the running step's process group along."""
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        sys.exit(128 + signum)
 
     def worker_argv(self, name, *extra):
         argv = [self.py, str(Path(__file__).resolve()), "--worker", name, "--out", str(self.out)]
@@ -549,7 +561,7 @@ def worker_train(args):
         x, y, xh, yh, desc = gpucnn.data.load_training_data(prefer_full=False)
     except Exception as exc:
         raise Unavailable(f"gpucnn.data.load_training_data failed: {type(exc).__name__}: {exc}")
-    official = "official" in desc
+    official = len(yh) == 10000 and "not the official" not in desc
     if args.rehearse:                                     # the code path, not the result
         epochs, x, y, xh, yh = 1, x[:600], y[:600], xh[:300], yh[:300]
     _set_path("auto")
@@ -691,7 +703,10 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         return run_worker(args)
-    return Check(args).run()
+    check = Check(args)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, check.on_signal)
+    return check.run()
 
 
 if __name__ == "__main__":

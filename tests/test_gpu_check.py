@@ -59,7 +59,8 @@ def test_without_a_gpu_the_steps_say_why_from_the_probe(tmp_path):
     proc = run_check("--only", "probe", "train", "memcheck", "--out", str(tmp_path))
     assert proc.returncode == gpu_check.EXIT_NO_GPU, proc.stdout + proc.stderr
     _, record = read_results(tmp_path)
-    probe, train, memcheck = record["steps"]
+    assert [s["step"] for s in record["steps"]] == ["versions", "probe", "train", "memcheck"]
+    _, probe, train, memcheck = record["steps"]
     assert probe["status"] == gpu_check.NA and "cupy" in probe["detail"].lower()
     assert train["status"] == memcheck["status"] == gpu_check.NA
     assert probe["detail"][:40] in train["detail"]                    # the probe's reason, passed on
