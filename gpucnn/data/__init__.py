@@ -4,8 +4,8 @@ Every array leaves this package in the network's layout:
     x  float32 (n, 1, 28, 28), values in [0, 1]  (pixel / 255; 0 is background, 1 is ink)
     y  int64   (n,), values in 0..9
 
-Modules, each importable on its own; imports run downwards only (nothing here imports the network,
-the layers' math or the trainer; ``images`` borrows the .npy reader of ``gpucnn.serialization``):
+Modules, each importable on its own; imports run downwards only, and nothing here imports anything
+of gpucnn outside this package but ``gpucnn.errors`` (the data side sits below the network side):
 
     arrays     the network layout (_to_network) and one_hot
     idx        IDX bytes and files, plain or gzipped
@@ -15,6 +15,7 @@ the layers' math or the trainer; ``images`` borrows the .npy reader of ``gpucnn.
     sample     the 5,000 digits shipped in mnist_sample_5k.npz (sha256-checked)
     split      train_test_split, stratified by default
     sources    load_training_data: full MNIST if found, else the sample
+    npy        read_npy: one .npy array from untrusted bytes (also what model files are read with)
     png        the built-in PNG decoder (used when Pillow is absent)
     images     load_image: one digit from .png or .npy
 

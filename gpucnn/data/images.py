@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..serialization import read_npy
+from .npy import read_npy
 from .png import decode_png
 
 _MAX_IMAGE_BYTES = 1 << 20
@@ -93,7 +93,7 @@ def _png_pixels(path):
 def _read_npy_image(path):
     """A small .npy file -> array, through the header-checking reader (no pickle, no huge allocation)."""
     blob = _read_small(path)
-    return read_npy(io.BytesIO(blob), len(blob), str(path), DataError)
+    return read_npy(io.BytesIO(blob), len(blob), str(path))
 
 
 def load_image(path):
