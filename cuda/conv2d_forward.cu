@@ -3,7 +3,9 @@
 // Math (cross-correlation, as in gpucnn/ops/reference.py::conv2d_forward):
 //   z[n,f,y,x] = b[f] + sum_{c,i,j} x[n, c, y*s + i - ph, x*s + j - pw] * W[f,c,i,j]
 //   with x = 0 outside the image (zero padding ph, pw), oh = (h + 2*ph - kh) / s + 1 (same for ow),
-//   then out = act(z): 0 none, 1 sigmoid 1 / (1 + exp(-z)), 2 relu max(z, 0).
+//   then out = act(z) with the formulas of gpucnn/layers (activations.py): 0 none,
+//   1 sigmoid 0.5 * tanh(0.5 z) + 0.5 (= 1 / (1 + exp(-z)) without overflow), 2 relu max(z, 0) (NaN
+//   stays NaN, as xp.maximum), 3 tanh.
 //
 // Layout: every array is contiguous, row-major (C order), float32.
 //   x (n, c, h, w)   W (f, c, kh, kw)   b (f,)   out (n, f, oh, ow)
@@ -18,10 +20,12 @@
 //
 // Versions:
 //   v1  direct convolution, one thread per output, bias + activation fused.
+//   v2  the layers' sigmoid formula (v1: 1 / (1 + exp(-z))), NaN through relu, tanh added.
 
 #define ACTIVATION_NONE 0
 #define ACTIVATION_SIGMOID 1
 #define ACTIVATION_RELU 2
+#define ACTIVATION_TANH 3
 
 extern "C" __global__ void conv2d_forward(
     float* out,            // (n, f, oh, ow)
@@ -58,9 +62,11 @@ extern "C" __global__ void conv2d_forward(
         }
     }
     if (activation == ACTIVATION_SIGMOID) {
-        z = 1.0f / (1.0f + expf(-z));
+        z = 0.5f * tanhf(0.5f * z) + 0.5f;
     } else if (activation == ACTIVATION_RELU) {
-        z = z > 0.0f ? z : 0.0f;
+        z = (z > 0.0f || z != z) ? z : 0.0f;
+    } else if (activation == ACTIVATION_TANH) {
+        z = tanhf(z);
     }
     out[t] = z;
 }

@@ -322,7 +322,8 @@ def test_fused_activation_matches_separate_ops(backend_name, rng):
         pytest.skip("this op set has no fused activation")
     x, W, b, _ = _conv_inputs(rng, *CONV_CASES["odd-n1-stride2-pad"])
     z = reference.conv2d_forward(x.astype(np.float64), W, b, 2, (1, 0))
-    for activation, f in (("sigmoid", lambda v: 1 / (1 + np.exp(-v))), ("relu", lambda v: np.maximum(v, 0))):
+    for activation, f in (("sigmoid", lambda v: 1 / (1 + np.exp(-v))), ("relu", lambda v: np.maximum(v, 0)),
+                          ("tanh", np.tanh)):
         got = backend.ops.conv2d_forward_activation(backend.asarray(x), backend.asarray(W),
                                                     backend.asarray(b), 2, (1, 0), activation)
         assert_close(got, f(z), activation)

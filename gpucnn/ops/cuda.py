@@ -36,6 +36,7 @@ KERNELS = {
     "conv2d_backward_weight.cu": ("conv2d_backward_weight", "conv2d_backward_bias"),
     "conv2d_backward_input.cu": ("conv2d_backward_input",),
     "maxpool2d.cu": ("maxpool2d_forward", "maxpool2d_backward"),
+    "avgpool2d.cu": ("avgpool2d_forward", "avgpool2d_backward"),
 }
 KERNEL_FILES = tuple(KERNELS)
 # Kernels whose sizes are compile-time constants: compiled per network with -D options by the host
@@ -46,7 +47,7 @@ STEP_KERNELS = {
 
 ELEMENT_THREADS = 256   # "thread" launches: one thread per output element
 REDUCE_THREADS = 256    # "block" launches: one block per output element; = #define in the .cu
-ACTIVATIONS = {"none": 0, "sigmoid": 1, "relu": 2}   # = #define ACTIVATION_* in conv2d_forward.cu
+ACTIVATIONS = {"none": 0, "sigmoid": 1, "relu": 2, "tanh": 3}   # = #define ACTIVATION_* in conv2d_forward.cu
 _INT32_MAX = 2**31 - 1
 
 
@@ -163,7 +164,8 @@ class CudaOps:
         return self.conv2d_forward_activation(x, W, b, stride, padding, "none")
 
     def conv2d_forward_activation(self, x, W, b, stride, padding, activation):
-        """act(conv2d_forward(...)) in one kernel; activation "none", "sigmoid" or "relu".
+        """act(conv2d_forward(...)) in one kernel; activation "none", "sigmoid", "relu" or "tanh",
+        with the formulas of the activation layers (so their backward can take a from here).
 
         Not one of OP_NAMES (the reference has no twin): a layer may use it where the op set has it.
         """
@@ -240,6 +242,30 @@ class CudaOps:
                              f"match x_shape {(h, w)}, size {size}, stride {stride}")
         da_prev = self.empty((n, c, h, w), self.xp.float32)
         self._launch("maxpool2d_backward", "thread", da_prev.size, da_prev, delta, argmax,
+                     n, c, h, w, oh, ow, size, stride)
+        return da_prev
+
+    def avgpool2d_forward(self, x, size, stride):
+        """a = mean of each size x size window; x (n, c, h, w) -> (n, c, oh, ow)"""
+        x, size, stride = self._f32(x), int(size), int(stride)
+        n, c, h, w = x.shape
+        if size < 1 or stride < 1 or size > min(h, w):
+            raise ShapeError(f"avgpool2d: window {size} (stride {stride}) does not fit {h}x{w}")
+        oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+        a = self.empty((n, c, oh, ow), self.xp.float32)
+        self._launch("avgpool2d_forward", "thread", a.size, a, x, n, c, h, w, oh, ow, size, stride)
+        return a
+
+    def avgpool2d_backward(self, delta, x_shape, size, stride):
+        """Spread each delta / size^2 over its window (a gather); -> da_prev (n, c, h, w)"""
+        delta = self._f32(delta)
+        (h, w), size, stride = _pair(x_shape, "x_shape"), int(size), int(stride)
+        n, c, oh, ow = delta.shape
+        if size < 1 or stride < 1 or (oh, ow) != ((h - size) // stride + 1, (w - size) // stride + 1):
+            raise ShapeError(f"avgpool2d_backward: delta {delta.shape} does not match x_shape {(h, w)}, "
+                             f"size {size}, stride {stride}")
+        da_prev = self.empty((n, c, h, w), self.xp.float32)
+        self._launch("avgpool2d_backward", "thread", da_prev.size, da_prev, delta,
                      n, c, h, w, oh, ow, size, stride)
         return da_prev
 
