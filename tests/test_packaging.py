@@ -1,4 +1,5 @@
-"""An installed wheel, outside the source checkout, carries the CUDA kernels and the emulator."""
+"""An installed wheel, outside the source checkout, carries the CUDA kernels, the emulator and the
+shipped 5,000-digit sample (with its licence notice)."""
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ print(cuda_source_dir())
 ops = gpucnn.get_backend("emulated").ops
 x = np.ones((1, 1, 6, 6), np.float32); W = np.ones((2, 1, 3, 3), np.float32); b = np.zeros(2, np.float32)
 assert (ops.conv2d_forward(x, W, b, 1, (0, 0)) == 9).all()
+xs, ys = gpucnn.data.load_sample()
+assert xs.shape == (5000, 1, 28, 28) and ys.shape == (5000,), (xs.shape, ys.shape)
 print("ok")
 """
 
@@ -28,7 +31,8 @@ def test_installed_wheel_runs_the_kernels_outside_the_checkout(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("gpucnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("gpucnn/_cuda/conv2d_forward.cu", "gpucnn/_cuda/maxpool2d.cu",
-                   "gpucnn/emulator/cuda_emu.h", "gpucnn/emulator/runtime.cpp"):
+                   "gpucnn/emulator/cuda_emu.h", "gpucnn/emulator/runtime.cpp",
+                   "gpucnn/data/mnist_sample_5k.npz", "gpucnn/data/NOTICE"):
         assert needed in names, needed
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
