@@ -161,6 +161,15 @@ def set_tf32(torch, on):
 
 
 # -- competitors: each is (validate() -> error, prepare(batches) -> run_block, clock kind) -----------------
+def describe_path(net):
+    """Which step fit runs on this network, in words (gpucnn.gpu_step.describe, else the network's own)."""
+    try:
+        from gpucnn import gpu_step
+        return gpu_step.describe(net)
+    except Exception:
+        return getattr(net, "execution_path", lambda: "")()
+
+
 class GpucnnMode:
     """gpucnn through Network.fit with GPUCNN_GPU_STEP=mode; one block = one epoch of `steps` batches."""
 
@@ -170,7 +179,7 @@ class GpucnnMode:
     def _fit(self, net, x, y, batch, lr, shuffle=True):
         os.environ["GPUCNN_GPU_STEP"] = self.mode
         net.fit(x, y, epochs=1, batch_size=batch, lr=lr, shuffle=shuffle, verbose=False)
-        self.path = "; ".join(filter(None, [getattr(net, "execution_path", lambda: "")(), self.note]))
+        self.path = "; ".join(filter(None, [describe_path(net), self.note]))
 
     def validate(self, params, xb, labels, ref):
         net = gpucnn_net(self.backend)

@@ -76,7 +76,7 @@ class Results:
             f.flush()
             os.fsync(f.fileno())
         self._write_json()
-        print(format_row(row), flush=True)
+        say(format_row(row))
 
     def finish(self, total):
         self.meta["total"] = total
@@ -86,6 +86,14 @@ class Results:
         tmp = self.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"meta": self.meta, "steps": self.steps}, indent=1, default=str) + "\n")
         os.replace(tmp, self.json)
+
+
+def say(text):
+    """Print, but never let a closed stdout (a pipe into head, a dropped log) stop the check."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def format_row(row):
@@ -222,8 +230,7 @@ class Check:
                                                     ("quick" if self.quick else "full")),
                 "budget_s": budget, "steps_planned": [s for s, _ in plan], "python": sys.version.split()[0]}
         results = Results(self.out, meta)
-        print(f"gpu_check: {meta['mode']}, {len(plan)} steps, budget {budget} s, results in {self.out}",
-              flush=True)
+        say(f"gpu_check: {meta['mode']}, {len(plan)} steps, budget {budget} s, results in {self.out}")
         deadline, carry = started + budget, 0.0
         for index, (name, seconds) in enumerate(plan):
             allowed = min(seconds + carry, deadline - time.monotonic())
@@ -239,7 +246,7 @@ class Check:
                 time.sleep(120)                           # a test kills the run here
         total = self.total(results.steps, time.monotonic() - started)
         results.finish(total)
-        print("\n" + table(results, total), flush=True)
+        say("\n" + table(results, total))
         (self.out / "table.txt").write_text(table(results, total) + "\n")
         self.write_summary(results, total)
         return total["exit"]
@@ -450,7 +457,9 @@ class Unavailable(Exception):
 
 
 def _backend(args):
-    return "numpy" if args.rehearse else "cupy"
+    """cupy; a rehearsal runs the same code on the emulated backend: the same host code and .cu
+    kernels (fused step included) on the CPU, launched eagerly."""
+    return "emulated" if args.rehearse else "cupy"
 
 
 def _sync():
@@ -480,25 +489,36 @@ def worker_versions(args):
         gpus = [ln.strip() for ln in query.splitlines() if ln.count(",") >= 2 and "failed" not in ln.lower()]
         (Path(args.out_dir) / "nvidia-smi.txt").write_text(_run([smi]) + "\n")
     data["gpus"] = gpus
-    for module in ("numpy", "cupy", "torch", "jax"):
+    import importlib.metadata as metadata
+    for module, dists in (("numpy", ["numpy"]), ("cupy", ["cupy-cuda13x", "cupy-cuda12x", "cupy"]),
+                          ("torch", ["torch"]), ("jax", ["jax"])):
+        if gpus:                                          # import: the version a run will use
+            try:
+                data[module] = getattr(__import__(module), "__version__", "?")
+            except Exception as exc:
+                data[module] = f"not importable: {type(exc).__name__}: {str(exc)[:120]}"
+            continue
+        found = []                                        # no GPU: metadata only, no slow imports
+        for dist in dists:
+            try:
+                found.append(f"{dist} {metadata.version(dist)}" if dist != module else metadata.version(dist))
+            except metadata.PackageNotFoundError:
+                pass
+        data[module] = ", ".join(found) or "not installed"
+    if gpus:
         try:
-            mod = __import__(module)
-            data[module] = getattr(mod, "__version__", "?")
+            import cupy
+            data["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+            data["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
         except Exception as exc:
-            data[module] = f"not importable: {type(exc).__name__}: {str(exc)[:120]}"
-    try:
-        import cupy
-        data["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
-        data["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
-    except Exception as exc:
-        data["cuda_driver"] = f"unknown: {type(exc).__name__}"
-    try:
-        import torch
-        data["torch_cuda"] = torch.version.cuda
-        data["torch_sees_gpu"] = bool(torch.cuda.is_available())
-        data["cudnn"] = torch.backends.cudnn.version() if data["torch_sees_gpu"] else None
-    except Exception:
-        pass
+            data["cuda_driver"] = f"unknown: {type(exc).__name__}"
+        try:
+            import torch
+            data["torch_cuda"] = torch.version.cuda
+            data["torch_sees_gpu"] = bool(torch.cuda.is_available())
+            data["cudnn"] = torch.backends.cudnn.version() if data["torch_sees_gpu"] else None
+        except Exception:
+            pass
     nvcc = shutil.which("nvcc")
     data["nvcc"] = _run([nvcc, "--version"]).splitlines()[-1] if nvcc else "not found"
     data["compute_sanitizer"] = find_sanitizer() or "not found"
@@ -563,7 +583,7 @@ def worker_train(args):
         raise Unavailable(f"gpucnn.data.load_training_data failed: {type(exc).__name__}: {exc}")
     official = len(yh) == 10000 and "not the official" not in desc
     if args.rehearse:                                     # the code path, not the result
-        epochs, x, y, xh, yh = 1, x[:600], y[:600], xh[:300], yh[:300]
+        epochs, x, y, xh, yh = 1, x[::25], y[::25], xh[:200], yh[:200]
     _set_path("auto")
     net = gpucnn.seed_network(backend=_backend(args), seed=0)
     started = time.perf_counter()
@@ -575,8 +595,8 @@ def worker_train(args):
     data = {"epochs": epochs, "images": len(y), "held_out": len(yh), "data": desc, "seconds": seconds,
             "images_per_s": epochs * len(y) / seconds, "accuracy": held, "bar": bar,
             "history": _history(hist),
-            "summary": _summary(net)}
-    detail = (f"{epochs} epochs x {len(y):,} digits in {seconds:.2f} s ({data['images_per_s']:,.0f} img/s); "
+            "summary": _summary(net), "execution": _path(net)}
+    detail = (f"{_path(net)}: {epochs} epochs x {len(y):,} digits in {seconds:.2f} s ({data['images_per_s']:,.0f} img/s); "
               f"accuracy {held:.4f} on {len(yh):,} {'official test' if official else 'held-out'} digits "
               f"(bar {bar})")
     if args.rehearse:
@@ -598,12 +618,22 @@ def _summary(net):
         return f"summary unavailable: {type(exc).__name__}"
 
 
+def _path(net):
+    """Which step fit runs on this network, in words (gpucnn.gpu_step.describe, else the network's)."""
+    try:
+        from gpucnn import gpu_step
+        return gpu_step.describe(net)
+    except Exception:
+        return getattr(net, "execution_path", lambda: "unknown")()
+
+
 def worker_repeat(args):
     """The same training twice per GPU path: the parameters must be bitwise identical."""
     import numpy as np
     import gpucnn
     x, y = _digits()
-    n = 600 if args.rehearse else 5000
+    n = 100 if args.rehearse else len(y)
+    x, y = x[::len(y) // n], y[::len(y) // n]           # every class (the sample is sorted by label)
     paths = ("auto", "generic") if args.quick else GPU_PATHS
     rows, ok, data = [], True, {}
     for path in paths:
@@ -611,14 +641,14 @@ def worker_repeat(args):
         runs = []
         for _ in range(2):
             net = gpucnn.seed_network(backend=_backend(args), seed=0)
-            net.fit(x[:n], y[:n], epochs=1, batch_size=10, lr=1.0, verbose=False)
+            net.fit(x, y, epochs=1, batch_size=10, lr=1.0, verbose=False)
             runs.append(net.get_params())
         same = all(np.asarray(runs[0][k]).tobytes() == np.asarray(runs[1][k]).tobytes() for k in runs[0])
         diff = max(float(np.abs(np.asarray(runs[0][k], np.float64) - runs[1][k]).max()) for k in runs[0])
-        data[path] = {"bitwise_identical": same, "max_abs_diff": diff, "summary": _summary(net)}
+        data[path] = {"bitwise_identical": same, "max_abs_diff": diff, "execution": _path(net)}
         data[path]["params"] = runs[0]
         ok &= same
-        rows.append(f"{path}: {'identical' if same else f'DIFFER (max |diff| {diff:.2e})'}")
+        rows.append(f"{path} ({_path(net)}): {'identical' if same else f'DIFFER (max |diff| {diff:.2e})'}")
     base = data[paths[0]]["params"]
     for path in paths[1:]:                                # the paths agree to float32 rounding
         other = data[path]["params"]
@@ -628,6 +658,8 @@ def worker_repeat(args):
     for path in paths:
         del data[path]["params"]
     note = "" if _gpu_step_known() else "; gpucnn.gpu_step is absent: every path ran the generic step"
+    apart = [data[p][k] for p in paths[1:] for k in data[p] if k.startswith("max_rel_diff_vs_")]
+    note += f"; paths differ by <= {max(apart):.1e} (relative; float32 rounding, not gated)" if apart else ""
     detail = f"1 epoch x {n:,} digits twice per path: " + "; ".join(rows) + note
     return (PASS if ok else FAIL), ("rehearsal: " if args.rehearse else "") + detail, data
 
@@ -655,7 +687,7 @@ def worker_one_step(args):
         net = gpucnn.seed_network(backend=_backend(args), seed=0)
         net.fit(x, y, epochs=1, batch_size=len(y), lr=1.0, verbose=False)
         _sync()
-        print(f"one step, GPUCNN_GPU_STEP={path}: done; {getattr(net, 'execution_path', str)()}", flush=True)
+        print(f"one step, GPUCNN_GPU_STEP={path}: done; {_path(net)}", flush=True)
     backend = gpucnn.get_backend(_backend(args))
     ops, xp = backend.ops, backend.xp
     xd = xp.asarray(rng.standard_normal((3, 2, 13, 11)), dtype=xp.float32)

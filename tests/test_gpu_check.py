@@ -90,8 +90,7 @@ def test_results_are_written_as_each_step_ends(tmp_path):
 
 def test_cpu_rehearsal_runs_every_steps_own_code(tmp_path):
     """The workers' code (data, fit per GPU path, params twice, the one-step script) on numpy."""
-    proc = run_check("--rehearse", "--only", "probe", "gpu_tests", "train", "repeat", "memcheck",
-                     "--out", str(tmp_path))
+    proc = run_check("--rehearse", "--only", "probe", "train", "repeat", "memcheck", "--out", str(tmp_path))
     _, record = read_results(tmp_path)
     statuses = {s["step"]: (s["status"], s["detail"]) for s in record["steps"]}
     assert proc.returncode == 0, statuses
@@ -99,6 +98,11 @@ def test_cpu_rehearsal_runs_every_steps_own_code(tmp_path):
                for status, detail in statuses.values()), statuses
     repeat = json.loads((tmp_path / "repeat.json").read_text())["data"]
     assert all(repeat[path]["bitwise_identical"] for path in gpu_check.GPU_PATHS)
+
+
+def test_gpu_tests_step_selects_the_files_with_gpu_tests():
+    files = gpu_check.gpu_test_files()
+    assert "tests/test_ops_backends.py" in files and "tests/test_gpu_check.py" not in files
 
 
 def test_results_folder_order(monkeypatch):
