@@ -157,7 +157,11 @@ def set_tf32(torch, on):
     default = set_tf32.default = getattr(set_tf32, "default", None) or (
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     cudnn, matmul = default if on is None else (on, on)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    except Exception:                                  # a torch that only takes the fp32_precision API
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
 
 
 # -- competitors: each is (validate() -> error, prepare(batches) -> run_block, clock kind) -----------------
