@@ -210,6 +210,39 @@ def test_find_sanitizer_looks_beyond_path(tmp_path):
     assert find(PATH=str(tmp_path / "path"), CUDA_HOME="x") == on_path
 
 
+FAKE_SANITIZER = """#!/bin/sh
+echo "$@" >> "$(dirname "$0")/argv.txt"
+case "$*" in *--kernel-regex*) [ -n "$NO_REGEX" ] && { echo "Unrecognized option: --kernel-regex"; exit 1; } ;; esac
+[ -n "$REFUSE" ] && { echo "========= Error: Device not supported"; exit 255; }
+cat "$(dirname "$0")/canned.txt"
+exit 9
+"""
+
+
+@pytest.mark.parametrize("env, canned, status", [
+    ({}, LIBRARY_ONLY, gpu_check.PASS),
+    ({"NO_REGEX": "1"}, LIBRARY_ONLY, gpu_check.PASS),
+    ({}, OUR_WRITE, gpu_check.FAIL),
+    ({"REFUSE": "1"}, CLEAN, gpu_check.NA),
+], ids=["filtered", "no-kernel-regex", "our-kernel", "refused"])
+def test_sanitizer_step_runs_the_tool_it_finds(tmp_path, env, canned, status):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "compute-sanitizer").write_text(FAKE_SANITIZER)
+    (bin_dir / "compute-sanitizer").chmod(0o755)
+    (bin_dir / "canned.txt").write_text(canned)
+    check = gpu_check.Check(gpu_check.parse_args(["--out", str(tmp_path / "out")]))
+    check.out.mkdir()
+    check.env.update(env, PATH=f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    got, detail, data = check.sanitizer_step("racecheck", 20)
+    assert got == status, detail
+    argv = (bin_dir / "argv.txt").read_text().splitlines()
+    assert argv[0].startswith("--tool racecheck") and "kns=" in argv[0] and "conv2d_forward" in argv[0]
+    assert "--worker one_step" in argv[0]
+    if "NO_REGEX" in env:
+        assert len(argv) == 2 and "kns=" not in argv[1] and "unfiltered" in detail
+
+
 # -- bench_gpu without a GPU -------------------------------------------------------------------------------
 def run_bench(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
