@@ -484,9 +484,11 @@ def worker_versions(args):
     smi = shutil.which("nvidia-smi")
     gpus = []
     if smi and not os.environ.get("GPUCNN_GPU_CHECK_DRY"):
-        query = _run([smi, "--query-gpu=name,driver_version,memory.total,compute_cap",
-                      "--format=csv,noheader"])
-        gpus = [ln.strip() for ln in query.splitlines() if ln.count(",") >= 2 and "failed" not in ln.lower()]
+        for fields in ("name,driver_version,memory.total,compute_cap", "name,driver_version,memory.total"):
+            query = _run([smi, f"--query-gpu={fields}", "--format=csv,noheader"])   # old drivers: no compute_cap
+            gpus = [ln.strip() for ln in query.splitlines() if ln.count(",") >= 2 and "failed" not in ln.lower()]
+            if gpus:
+                break
         (Path(args.out_dir) / "nvidia-smi.txt").write_text(_run([smi]) + "\n")
     data["gpus"] = gpus
     import importlib.metadata as metadata
