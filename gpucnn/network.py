@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from . import fast, layers as L, serialization, trace as tracing
+from . import distributed, fast, layers as L, serialization, trace as tracing
 from .backend import get_backend, to_numpy
 from .errors import ModelFileError, ShapeError
 from .losses import get_loss
@@ -193,7 +193,7 @@ class Network:
         return cost, out
 
     def fit(self, x, y, epochs=1, batch_size=10, lr=0.5, momentum=0.0, weight_decay=0.0,
-            validation=None, shuffle=True, verbose=True, checkpoint=None, every=None, resume=False):
+            validation=None, shuffle=True, verbose=True, checkpoint=None, every=None, resume=False, comm=None):
         """Mini-batch SGD. Returns the history: per-epoch loss, accuracy, val_loss, val_accuracy.
 
         - A NaN or inf loss stops training with ``Divergence`` (naming the epoch and step), keeping the
@@ -201,6 +201,9 @@ class Network:
         - ``checkpoint=path`` writes a checkpoint atomically at the end of every epoch, and every
           ``every`` steps when given; ``resume=True`` continues from it (same arguments) and ends with
           the same parameters as an uninterrupted run.
+        - ``comm=gpucnn.distributed.init()``: data-parallel over the ranks of an MPI job, the batch size
+          global; parameters and history bitwise those of one process (docs/distributed.md). Only
+          rank 0 prints and writes checkpoints.
         """
         check_inputs(x, self.input_shape)
         check_labels(y, x.shape[0], self.classes)
@@ -222,8 +225,15 @@ class Network:
         if validation is not None:
             y1v = self.targets(yv, xv.shape[0])
             validation = (self.backend.asarray(xv, self.dtype), y1v, y1v.argmax(axis=1))
-        trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every)
-        if resume and os.path.exists(checkpoint):
+        verbose = verbose and (comm is None or comm.rank == 0)
+        if comm is None:
+            trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every)
+        else:
+            trainer = distributed.DistributedTrainer(comm, self, xd, yd, epochs, batch_size, optimizer, shuffle,
+                                                     verbose, checkpoint, every, validation)
+        if resume and comm is not None:
+            resume = trainer.resume(checkpoint)    # rank 0 looks for the file, every rank resumes from it
+        elif resume and os.path.exists(checkpoint):
             trainer.resume(checkpoint)
         return trainer.run(validation)
 
@@ -245,15 +255,17 @@ class Network:
         """Predicted labels (n,) int64."""
         return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
 
-    def evaluate(self, x, y, batch_size=1024):
-        """Accuracy in [0, 1]."""
+    def evaluate(self, x, y, batch_size=1024, comm=None):
+        """Accuracy in [0, 1]; ``comm``: split over the ranks, the same number."""
         check_inputs(x, self.input_shape)
         batch_size = check_positive_int(batch_size, "batch_size")
         y1 = self.targets(y, x.shape[0])
-        return self.score(x, y1, y1.argmax(axis=1), batch_size)[1]
+        return self.score(x, y1, y1.argmax(axis=1), batch_size, comm)[1]
 
-    def score(self, x, y1, labels, batch_size=1024):
+    def score(self, x, y1, labels, batch_size=1024, comm=None):
         """(batch-mean cost, accuracy) of checked x, targets y1 and labels, in batches (fast path if any)."""
+        if comm is not None:
+            return distributed.score(self, comm, x, y1, labels, batch_size)
         cost, correct = 0.0, 0
         for i in range(0, x.shape[0], batch_size):
             out = self._infer(x[i:i + batch_size])

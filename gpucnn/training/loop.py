@@ -124,12 +124,16 @@ class HostEpoch:
                 t.save_checkpoint()
         progress.close()
 
+    def train_step(self, xb, y1, optimizer):
+        """One step of the network (a distributed engine, gpucnn/distributed/, brings its own)."""
+        return self.t.net.train_step(xb, y1, optimizer)
+
     def _guarded_step(self, xb, yb):
         t = self.t
         before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
         for saved, p in zip(before, t.params):
             saved[...] = p.value
-        cost, out = t.net.train_step(xb, yb, t.optimizer)
+        cost, out = self.train_step(xb, yb, t.optimizer)
         if not math.isfinite(cost):
             if self.last_good is not None:
                 for p, saved in zip(t.params, self.last_good):

@@ -1,0 +1,252 @@
+"""Data-parallel training (gpucnn/distributed/): MPI jobs of 2 and 3 ranks on the CI's 2 cores against
+one process, bit for bit; resume on another rank count; failures that end the job, never hang.
+
+The jobs run ``mpiexec -n N python -m mpi4py tests/distributed_scripts/train.py`` with the mpiexec
+installed next to this Python (the mpich wheel's); they are skipped, saying why, without mpi4py or
+that mpiexec. Each job trains the seed network on 300 shipped digits with a global batch of 96:
+steps of 96, 96, 96 and a partial 12, i.e. 3, 3, 3 and 1 chunks of the fused plan, so with 2 or 3
+ranks some rank gets no sample in the last step of each epoch.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn.distributed import comm as dcomm, exchange
+from gpucnn.errors import BackendUnavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed_scripts" / "train.py"
+MPIEXEC = Path(sysconfig.get_path("scripts")) / "mpiexec"
+
+
+def _why_no_mpi():
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install -e '.[dev]' brings mpi4py and mpich)"
+    if not MPIEXEC.exists():
+        return f"no mpiexec next to this Python ({MPIEXEC}); pip install mpich"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("distributed_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mpirun(n, *args, timeout=60, command=None):
+    """Run a job of n ranks; -> (CompletedProcess, seconds)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               GPUCNN_FAST="auto", OMP_NUM_THREADS="1")
+    command = command or [sys.executable, "-m", "mpi4py", str(SCRIPT)]
+    start = time.monotonic()
+    done = subprocess.run([str(MPIEXEC), "-n", str(n), *command, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return done, time.monotonic() - start
+
+
+def reference(epochs=2, batch=96, lr=1.0, dtype="float32", loss="quadratic", activation="sigmoid"):
+    """One process, no communicator: what every job must reproduce."""
+    s = _script()
+    x, y = s.digits(300)
+    net = s.network(activation, loss, 0, dtype)
+    history = net.fit(x, y, epochs=epochs, batch_size=batch, lr=lr, verbose=False, validation=(x[:100], y[:100]))
+    history.pop("time", None)
+    return net, history, net.evaluate(x, y, batch_size=128)
+
+
+def results(out, size):
+    return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(size)]
+
+
+def params_of(seen):
+    return {k: bytes.fromhex(v) for k, v in seen["params"].items()}
+
+
+def assert_bitwise(seen, net, history, accuracy):
+    want = {k: v.tobytes() for k, v in net.get_params().items()}
+    assert params_of(seen) == want
+    assert seen["history"] == json.loads(json.dumps(history))
+    assert seen["accuracy"] == accuracy
+
+
+# -- the bookkeeping, without MPI -----------------------------------------------------------------
+def test_chunks_go_to_ranks_in_order_and_all_of_them():
+    for k in range(0, 9):
+        for size in range(1, 5):
+            owners = exchange.chunk_owners(k, size)
+            flat = [c for a, b in owners for c in range(a, b)]
+            assert flat == list(range(k))                       # each chunk once, in chunk order
+            assert max(b - a for a, b in owners) - min(b - a for a, b in owners) <= 1
+    assert exchange.chunk_owners(1, 3) == [(0, 0), (0, 0), (0, 1)]   # two ranks without a sample
+    chunks = [(0, 32), (32, 64), (64, 76)]
+    assert exchange.chunk_rows(chunks, exchange.chunk_owners(3, 2)) == [(0, 32), (32, 76)]
+
+
+def test_part_layout_round_trip_is_exact_and_ordered_sum_is_left_to_right():
+    rng = np.random.default_rng(0)
+    parts = [{"b": rng.standard_normal(3).astype(np.float32), "a": rng.standard_normal((2, 2)).astype(np.float64)}
+             for _ in range(3)]
+    lay = exchange.PartLayout(parts[0])
+    flat = lay.pack(np, parts)
+    assert flat.dtype == np.float64 and flat.size == 3 * lay.size
+    back = lay.unpack(flat, 3)
+    for got, want in zip(back, parts):
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].tobytes() == want[k].tobytes()
+    # float32 addition is not associative: these three sum differently in another order
+    v = [np.float32(1.0), np.float32(1e8), np.float32(-1e8)]
+    assert exchange.ordered_sum(v) == (v[0] + v[1]) + v[2] != v[0] + (v[1] + v[2])
+
+
+def test_launcher_environment_is_read_and_a_lone_copy_refuses():
+    assert dcomm.launcher_world({}) is None
+    assert dcomm.launcher_world({"PMI_SIZE": "4", "PMI_RANK": "2"}) == (4, 2, "PMI_SIZE")
+    assert dcomm.launcher_world({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "0"})[0] == 3
+    assert dcomm.launcher_world({"PMIX_RANK": "1"}) == (None, 1, "PMIX_RANK")
+    dcomm.check_not_launched({"PMI_SIZE": "1", "PMI_RANK": "0"})            # a launcher of one: fine
+    with pytest.raises(dcomm.DistributedError, match="--distributed"):
+        dcomm.check_not_launched({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"})
+
+
+def test_a_launcher_of_another_mpi_is_refused():
+    dcomm.check_world_size(4, (4, 0, "PMI_SIZE"))
+    dcomm.check_world_size(4, (2, 0, "MPI_LOCALNRANKS"))                     # 2 of 4 on this node
+    with pytest.raises(dcomm.DistributedError, match=r"started 4 processes.*world of 1.*mpiexec"):
+        dcomm.check_world_size(1, (4, 0, "OMPI_COMM_WORLD_SIZE"))
+
+
+def test_nccl_without_cupy_is_a_clear_backend_unavailable():
+    class Mpi:                                  # what NcclComm reads of the MPI communicator
+        rank, size, local_rank, mode, watchdog = 0, 1, 0, "exact", None
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: NcclComm would try the device")
+    with pytest.raises(BackendUnavailable, match="nccl backend needs CuPy"):
+        dcomm.NcclComm(Mpi())
+
+
+def test_watchdog_fires_once_past_the_deadline_and_not_before():
+    from gpucnn.distributed.watchdog import Watchdog
+    fired = []
+    dog = Watchdog(0.3, fired.append)
+    with dog.guard("a quick collective"):
+        time.sleep(0.05)
+    time.sleep(0.4)
+    assert fired == []
+    with dog.guard("a collective that never ends"):
+        time.sleep(0.7)
+    assert len(fired) == 1 and "within 0.3 s during a collective that never ends" in fired[0]
+
+
+# -- MPI jobs ---------------------------------------------------------------------------------------
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 3])
+def test_exact_mode_is_bitwise_one_process(tmp_path, n):
+    done, _ = mpirun(n, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    net, history, accuracy = reference()
+    everyone = results(tmp_path / "out", n)
+    assert everyone[0]["path"] == "fused CPU plan SeedPlan"
+    for seen in everyone:                        # every rank ends with the same numbers
+        assert_bitwise(seen, net, history, accuracy)
+    assert not done.stdout.strip()               # verbose=False: nothing printed
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_generic_float64_path_within_1e9(tmp_path):
+    done, _ = mpirun(3, tmp_path / "out", "--dtype", "float64")
+    assert done.returncode == 0, done.stderr
+    net, history, accuracy = reference(dtype="float64")
+    seen = results(tmp_path / "out", 3)[0]
+    assert seen["path"].startswith("layer by layer")
+    for k, v in net.get_params().items():
+        got = np.frombuffer(params_of(seen)[k], np.float64).reshape(v.shape)
+        np.testing.assert_allclose(got, v, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(seen["history"]["loss"], history["loss"], rtol=1e-9)
+    assert seen["accuracy"] == accuracy
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_allreduce_mode_within_its_documented_tolerance(tmp_path):
+    done, _ = mpirun(3, tmp_path / "out", "--mode", "allreduce")
+    assert done.returncode == 0, done.stderr
+    net, history, _ = reference()
+    seen = results(tmp_path / "out", 3)[0]
+    for k, v in net.get_params().items():       # docs/distributed.md: |dW| <= 1e-6 after 2 epochs
+        got = np.frombuffer(params_of(seen)[k], np.float32).reshape(v.shape)
+        np.testing.assert_allclose(got, v, rtol=0, atol=1e-6)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_resume_on_another_rank_count_is_bitwise_an_uninterrupted_run(tmp_path):
+    ckpt = tmp_path / "run.npz"
+    # 3 ranks, checkpoints every 2 steps and at epoch ends; rank 0 is killed after the third write
+    # (step 2 of epoch 2), which ends the job; 2 ranks resume from it and finish
+    killed, _ = mpirun(3, tmp_path / "a", "--checkpoint", ckpt, "--every", 2, "--kill-after-saves", 3)
+    assert killed.returncode != 0 and ckpt.exists() and not Path(f"{tmp_path / 'a'}.rank0.json").exists()
+    done, _ = mpirun(2, tmp_path / "b", "--checkpoint", ckpt, "--every", 2, "--resume")
+    assert done.returncode == 0, done.stderr
+    net, history, accuracy = reference()
+    for seen in results(tmp_path / "b", 2):
+        assert_bitwise(seen, net, history, accuracy)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("fail, message", [
+    ("raise", "gpucnn: error: rank 1: RuntimeError: planted failure"),
+    ("kill", "Killed (signal 9)"),              # the launcher says so: the rank cannot
+    ("stuck", "gpucnn: error: rank 0: no answer from the other ranks within 3 s"),
+])
+def test_a_failing_rank_ends_the_job_within_the_timeout(tmp_path, fail, message):
+    timeout = 3
+    done, seconds = mpirun(2, tmp_path / "out", "--fail", fail, "--timeout", timeout, timeout=60)
+    assert done.returncode != 0
+    assert message in done.stderr + done.stdout
+    assert seconds < timeout + 5 + 3             # + the job's own start (imports) on a loaded machine
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_divergence_is_reported_by_every_rank_alike(tmp_path):
+    done, _ = mpirun(3, tmp_path / "out", "--loss", "cross_entropy", "--activation", "relu", "--lr", 1e20)
+    assert done.returncode == 0, done.stderr
+    everyone = results(tmp_path / "out", 3)
+    errors = {tuple(seen["error"]) for seen in everyone}
+    assert len(errors) == 1
+    kind, text = errors.pop()
+    assert kind == "Divergence" and "step 3" in text
+    net = _script().network("relu", "cross_entropy")
+    with pytest.raises(gpucnn.Divergence) as one, np.errstate(all="ignore"):
+        net.fit(*_script().digits(300), epochs=2, batch_size=96, lr=1e20, verbose=False)
+    assert text == str(one.value)
+    want = {k: v.tobytes() for k, v in net.get_params().items()}   # the same last good parameters
+    for seen in everyone:
+        assert params_of(seen) == want
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_mismatched_seeds_are_a_clear_error_on_every_rank(tmp_path):
+    done, _ = mpirun(3, tmp_path / "out", "--seed-rank", 2)
+    assert done.returncode == 0, done.stderr
+    for seen in results(tmp_path / "out", 3):
+        kind, text = seen["error"]
+        assert kind == "DistributedError"
+        assert "seed: rank 2 has 1 where rank 0 has 0" in text
