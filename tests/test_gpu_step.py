@@ -136,17 +136,20 @@ def test_fused_step_equals_numpy_and_pytorch(data, variant, device):
         assert _rel(fused[name], torch_params[name]) < 1e-4, (name, _rel(fused[name], torch_params[name]))
 
 
-def _odd_network(backend):
-    """Odd sizes: 23x25 input, 4x4 kernels, 2 maps, tanh, pool 3 dropping rows, 7 classes, no out act."""
+def _odd_network(backend, loss="quadratic", out=()):
+    """Odd sizes: 23x25 input, 4x4 kernels, 2 maps, tanh, pool 3 dropping rows, 7 classes."""
     L = gpucnn.layers
-    return gpucnn.Network([L.Conv2D(1, 2, 4), L.Tanh(), L.MaxPool2D(3), L.Flatten(), L.Dense(84, 7)],
-                          input_shape=(1, 23, 25), backend=backend, seed=5)
+    return gpucnn.Network([L.Conv2D(1, 2, 4), L.Tanh(), L.MaxPool2D(3), L.Flatten(), L.Dense(84, 7),
+                           *[layer() for layer in out]], input_shape=(1, 23, 25), backend=backend,
+                          loss=loss, seed=5)
 
 
-def test_odd_sizes_equal_numpy(rng):
+@pytest.mark.parametrize("loss, out", [("quadratic", ()), ("cross_entropy", (gpucnn.layers.Sigmoid,))],
+                         ids=["quadratic-no-output-activation", "cross_entropy-after-a-sigmoid"])
+def test_odd_sizes_equal_numpy(rng, loss, out):
     x = rng.standard_normal((10, 1, 23, 25)).astype(np.float32)
     labels = rng.integers(0, 7, 10)
-    nets = {name: _odd_network(name) for name in ("numpy", "emulated")}
+    nets = {name: _odd_network(name, loss, out) for name in ("numpy", "emulated")}
     nets["numpy"]._fast = None
     step, mode = plan_gpu_step(nets["emulated"], 4, SGD(0.02, 0.5, 0.01))
     assert step is not None, mode
