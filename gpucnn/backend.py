@@ -33,6 +33,11 @@ class Backend:
         """Host or device array -> a contiguous array of this backend (a no-op when it already is)."""
         if self.xp is not np and isinstance(array, np.ndarray):
             return self.xp.ascontiguousarray(self.xp.asarray(array, dtype=dtype))
+        if self.xp is np and not isinstance(array, np.ndarray) and hasattr(array, "__cuda_array_interface__"):
+            kind = f"{type(array).__module__}.{type(array).__qualname__}"
+            raise TypeError(f"a {kind} (a GPU array) was given to a network on the {self.name} backend, "
+                            "which computes on the host: copy it to NumPy first (cupy.asnumpy(x)), or "
+                            "build the network with backend='cupy'")
         return self.xp.ascontiguousarray(array, dtype=dtype)
 
     def __repr__(self):

@@ -19,3 +19,8 @@ class DataError(GpucnnError, ValueError):
 
 class ModelFileError(GpucnnError, ValueError):
     """A missing, corrupt or incompatible model / checkpoint file."""
+
+
+class NoCheckpointWarning(UserWarning):
+    """``fit(resume=True)`` found no checkpoint at the path given and trains from scratch."""
+

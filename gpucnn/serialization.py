@@ -7,11 +7,15 @@ file is safe to load and a model saved on one backend loads on any other.
 NOTE: files are read member by member through ``read_npy``, which checks each .npy header against the
 bytes that follow before allocating anything; any defect is a ModelFileError naming the file.
 """
+import contextlib
 import json
 import math
 import os
+import signal
+import stat
 import struct
 import tempfile
+import threading
 import tokenize
 import zipfile
 import zlib
@@ -38,14 +42,22 @@ def save(net, path, extra=None):
             raise TypeError(f"cannot save layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
                             "registered, so load() could not rebuild it; decorate the class with "
                             "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
+    path = check_output_path(path, "checkpoint" if extra else "model file")
     arrays = net.get_arrays()
     description = {"format": FORMAT, **net.architecture()}
     arrays["architecture"] = np.array(json.dumps(description))
     for key, value in (extra or {}).items():
         arrays[key] = value
-    path = os.fspath(path)
+    with sigterm_deferred():
+        _write_atomically(arrays, path)
+
+
+def _write_atomically(arrays, path):
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    except OSError as exc:           # name the user's path, not the temporary file's
+        raise type(exc)(f"cannot write {path}: {exc.strerror or exc} (in {directory})") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -53,10 +65,74 @@ def save(net, path, extra=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):         # disk full, quota: name the user's path
+            raise type(exc)(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+@contextlib.contextmanager
+def sigterm_deferred():
+    """A SIGTERM that arrives while a file is written is held until the write is done (renamed into
+    place), then delivered: the process still dies by SIGTERM, but never leaves a ``.tmp-*`` file or
+    a half-written checkpoint. Only where SIGTERM has its default action, in the main thread; a
+    handler the program (or the CLI) installed is left alone. SIGINT already unwinds the write.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if pending:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def check_output_path(path, what="model file"):
+    """The path a model or checkpoint will be written to, checked before any work that would be lost
+    if the write failed at the end: its directory exists and takes a new file; the path is not a
+    directory, FIFO or device; an existing file there is a gpucnn model or checkpoint (replaced),
+    never some other file (refused). Returns the path as a str; raises an OSError naming it.
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"the {what} path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    path = os.fsdecode(path)
+    kind = describe_path(path)
+    if kind == "a directory":
+        raise IsADirectoryError(f"cannot write the {what} to {path}: it is a directory; give a file name")
+    if kind is not None:
+        raise OSError(f"cannot write the {what} to {_named(path)}: it is {kind}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        error = NotADirectoryError if os.path.exists(directory) else FileNotFoundError
+        raise error(f"cannot write the {what} to {path}: the directory {directory} {problem}")
+    try:                             # what rename-into-place needs: a new file in that directory
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", suffix=".probe", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise type(exc)(f"cannot write the {what} to {path}: {exc.strerror or exc} "
+                        f"(directory {directory})") from None
+    if os.path.exists(path) and os.path.getsize(path) > 0 and not _is_model_file(path):
+        raise FileExistsError(f"{path} exists and is not a gpucnn model file: not overwriting it with "
+                              f"the {what} (choose another path, or remove the file)")
+    return path
+
+
+def _is_model_file(path):
+    """Whether path holds a gpucnn model or checkpoint (an .npz with an architecture record)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "architecture.npy" in zf.namelist()
+    except _ZIP_ERRORS:
+        return False
 
 
 def _umask():
@@ -95,17 +171,104 @@ def read_npy(f, nbytes, source, error=ModelFileError):
     return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
 
 
-def _read_npz(path):
-    """{name: array} from an .npz written by np.savez; every member must be a plain .npy array."""
+# What a model file may hold, in bytes per member before it is inflated: the architecture record and
+# the training state are JSON strings (4 bytes a character); a parameter, buffer or optimizer slot is
+# at most its architecture's shape in float64, plus a .npy header.
+_MAX_JSON_BYTES = {"architecture": 16 << 20, STATE_KEY: 64 << 20}
+_NPY_HEADER_BYTES = 1 << 16
+_MAX_OPTIMIZER_SLOTS = 8
+
+
+def describe_path(path):
+    """What is at path when it is not a regular file: 'a directory', 'a FIFO (named pipe)', ... or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symlink" if os.path.islink(path) else None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def _named(path):
+    """The path as the user gave it, and where a symlink really points."""
+    return f"{path} (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else str(path)
+
+
+def open_regular(path, what="model file", error=ModelFileError):
+    """A binary file object for path, which must be a regular file: a FIFO is never opened (that would
+    block), a device never read (``/dev/zero`` has no end); each is named for what it is."""
+    path = os.fspath(path)
+    kind = describe_path(path)
+    if kind is None and not os.path.exists(path):
+        raise error(f"{what} not found: {path}")
+    if kind is not None:
+        raise error(f"{_named(path)} is {kind}, not a {what}")
+    try:       # O_NONBLOCK: should a FIFO replace the file after the check, opening it does not block
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"cannot read {what} {_named(path)}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{_named(path)} is not a regular file, not a {what}")
+    return os.fdopen(fd, "rb")
+
+
+def _member_limits(description, path):
+    """{member name: the most bytes it may inflate to} for a model of this architecture."""
+    layers, _, _ = layers_from(description)
+    limits = dict(_MAX_JSON_BYTES)
+    for name, (_, shape) in expected_arrays(layers).items():
+        limits[name] = math.prod(shape) * 8 + _NPY_HEADER_BYTES
+    return limits
+
+
+def _member_limit(name, limits, slots, path):
+    if name in limits:
+        return limits[name]
+    if name.startswith(OPTIM_PREFIX):           # optim.<parameter name>.<slot>
+        param, _, slot = name[len(OPTIM_PREFIX):].rpartition(".")
+        if param in limits and slot.isidentifier():
+            slots[param] = slots.get(param, 0) + 1
+            if slots[param] <= _MAX_OPTIMIZER_SLOTS:
+                return limits[param]
+            raise ModelFileError(f"{path}: more than {_MAX_OPTIMIZER_SLOTS} optimizer slots for {param}")
+    raise ModelFileError(f"{path}: unknown array {name!r}: not part of this architecture "
+                         "(a gpucnn model file holds only the arrays its architecture names)")
+
+
+def _read_member(zf, info, limit, path):
+    """One .npy member, refused on its declared size before a byte is inflated; the read is capped."""
+    if info.file_size > limit:
+        raise ModelFileError(f"{path}: member {info.filename!r} declares {info.file_size} bytes, more than "
+                             f"the {limit} this architecture allows for it")
+    with zf.open(info) as f:
+        return read_npy(f, info.file_size, f"{path}:{info.filename}")
+
+
+def _read_npz(f, path):
+    """(description, {name: array}) from an .npz written by np.savez.
+
+    The architecture record is read first (capped); it fixes which members may follow and how large
+    each may be, and every member is checked against that *before* it is inflated.
+    """
     arrays = {}
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(f) as zf:
+        infos = {}
         for info in zf.infolist():
             name = info.filename[:-len(".npy")]
-            if not info.filename.endswith(".npy") or name in arrays:
+            if not info.filename.endswith(".npy") or name in infos:
                 raise ModelFileError(f"{path}: unexpected member {info.filename!r}: not a gpucnn model file")
-            with zf.open(info) as f:
-                arrays[name] = read_npy(f, info.file_size, f"{path}:{info.filename}")
-    return arrays
+            infos[name] = info
+        if "architecture" not in infos:
+            raise ModelFileError(f"{path} has no architecture record: not a gpucnn model file")
+        description = _description(_read_member(zf, infos.pop("architecture"), _MAX_JSON_BYTES["architecture"],
+                                                path), path)
+        limits, slots = _member_limits(description, path), {}
+        for name, info in infos.items():
+            arrays[name] = _read_member(zf, info, _member_limit(name, limits, slots, path), path)
+    return description, arrays
 
 
 # What zipfile and zlib raise for a damaged archive: bad headers, CRC, compression method, encryption.
@@ -113,22 +276,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, st
                NotImplementedError, RuntimeError, OverflowError)
 
 
-def read_model_file(path):
-    """-> (description dict, {name: array}); ModelFileError for anything that is not our model file."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path} is a directory, not a model file")
-    if not os.path.isfile(path):
-        raise ModelFileError(f"model file not found: {path}")
-    try:
-        arrays = _read_npz(path)
-    except ModelFileError:
-        raise
-    except _ZIP_ERRORS as exc:
-        raise ModelFileError(f"{path} is not a readable gpucnn model file ({type(exc).__name__}: {exc})") from None
-    arch = arrays.pop("architecture", None)
-    if arch is None:
-        raise ModelFileError(f"{path} has no architecture record: not a gpucnn model file")
+def _description(arch, path):
     if arch.dtype.kind != "U" or arch.ndim != 0:
         raise ModelFileError(f"{path}: the architecture record is {arch.dtype} {arch.shape}, not a JSON string")
     try:
@@ -138,7 +286,24 @@ def read_model_file(path):
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         found = description.get("format") if isinstance(description, dict) else type(description).__name__
         raise ModelFileError(f"{path}: unknown model format {found!r} (expected {FORMAT!r})")
-    return description, arrays
+    return description
+
+
+def read_model_file(path):
+    """-> (description dict, {name: array}); ModelFileError for anything that is not our model file.
+
+    Bounded: the path must be a regular file (never a FIFO or a device), and no member may inflate
+    past what the architecture record declares for it (a parameter's shape in float64, a capped JSON
+    record); a member the architecture does not name is refused unread.
+    """
+    path = os.fspath(path)
+    with open_regular(path) as f:
+        try:
+            return _read_npz(f, path)
+        except ModelFileError:
+            raise
+        except _ZIP_ERRORS as exc:
+            raise ModelFileError(f"{path} is not a readable gpucnn model file ({type(exc).__name__}: {exc})") from None
 
 
 def layers_from(description):

@@ -6,16 +6,37 @@ import numpy as np
 from .errors import DataError, ShapeError
 
 
-def _is_array(a):
-    return isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")
+def _is_array(a, name):
+    """A NumPy array, or a CuPy one; another library's device array is refused by name, not by a
+    failed ``import cupy`` deep inside a check."""
+    if isinstance(a, np.ndarray):
+        return True
+    if not hasattr(a, "__cuda_array_interface__"):
+        return False
+    kind = f"{type(a).__module__}.{type(a).__qualname__}"
+    if not type(a).__module__.split(".")[0] == "cupy":
+        raise TypeError(f"{name} is a {kind} (a GPU array, it has __cuda_array_interface__); gpucnn takes "
+                        "NumPy arrays, or CuPy arrays on the cupy backend: convert it first "
+                        "(e.g. cupy.asarray(x), or copy it to the host as a NumPy array)")
+    return True
 
 
 def check_inputs(x, input_shape, name="x"):
-    """x must be a real-valued array of shape (n, *input_shape), n >= 1, all finite."""
-    if not _is_array(x):
+    """x must be a float array of shape (n, *input_shape), n >= 1, all finite.
+
+    Integer arrays are refused, not guessed at: uint8 0..255 pixels fed as they are train a net to
+    chance level (11% on MNIST), and scaling them silently would make an int64 array of counts mean
+    something else. The message says how to convert (``x.astype(np.float32) / 255`` for 8-bit pixels).
+    """
+    if not _is_array(x, name):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
-    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
-        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.dtype.kind in "iu":
+        hint = (f"for 8-bit pixels 0..255 pass {name}.astype(np.float32) / 255" if x.dtype == np.uint8
+                else f"convert it with {name}.astype(np.float32) (divided by 255 if it holds 0..255 pixels)")
+        raise TypeError(f"{name} has integer dtype {x.dtype}; gpucnn takes float inputs "
+                        f"(images as float32 in [0, 1]): {hint}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} must hold real numbers (float16, float32 or float64), got dtype {x.dtype}")
     if x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != tuple(input_shape):
         raise ShapeError(f"{name} must have shape (n, {', '.join(map(str, input_shape))}), "
                          f"got {tuple(x.shape)}")
@@ -24,9 +45,13 @@ def check_inputs(x, input_shape, name="x"):
     _check_finite(x, name)
 
 
-def check_labels(y, n, classes, name="y"):
-    """y: int labels (n,) in [0, classes) or one-hot / target rows (n, classes). Returns its kind."""
-    if not _is_array(y):
+def check_labels(y, n, classes, name="y", distributions=False):
+    """y: int labels (n,) in [0, classes) or one-hot / target rows (n, classes). Returns its kind.
+
+    ``distributions=True`` (cross-entropy): target rows must be probability distributions, entries
+    >= 0 summing to 1 (within 1e-3), since dC/dz = p - y is the gradient of -sum y log p only then.
+    """
+    if not _is_array(y, name):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(y).__name__}")
     if y.ndim == 1:
         if y.dtype.kind not in "iu":
@@ -45,6 +70,8 @@ def check_labels(y, n, classes, name="y"):
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
         _check_length(y, n, name)
         _check_finite(y, name)
+        if distributions:
+            _check_distributions(y, name)
         return "onehot"
     raise ShapeError(f"{name} must be labels (n,) or one-hot rows (n, {classes}), got shape {tuple(y.shape)}")
 
@@ -63,6 +90,21 @@ def _check_finite(a, name):
         first = ", ".join(str(int(i)) for i in xp.argwhere(bad)[0])
         raise DataError(f"{name} contains NaN or inf: {int(xp.isnan(a).sum())} NaN, "
                         f"{int(xp.isinf(a).sum())} inf of {a.size} values (first at {name}[{first}])")
+
+
+def _check_distributions(y, name, tol=1e-3):
+    xp = _module(y)
+    if bool((y < 0).any()):
+        first = ", ".join(str(int(i)) for i in xp.argwhere(y < 0)[0])
+        raise DataError(f"{name} as cross-entropy target rows must be >= 0, got {name}[{first}] = "
+                        f"{float(y[tuple(int(i) for i in xp.argwhere(y < 0)[0])]):g}")
+    sums = y.sum(axis=1, dtype=np.float64)
+    bad = xp.flatnonzero(xp.abs(sums - 1) > tol)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{name} as cross-entropy target rows must each sum to 1 (probabilities), "
+                        f"row {i} sums to {float(sums[i]):g} ({int(bad.size)} of {y.shape[0]} rows do not); "
+                        "pass integer labels (n,) or one-hot rows")
 
 
 def check_positive_int(value, name, upper=None):

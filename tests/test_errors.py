@@ -326,8 +326,8 @@ def _bad_model(kind, tmp_path, model_file):
         write_npz(path, dense_description(), **{**params, "layers.0.b": np.zeros(3, np.int32)})
         return path, ModelFileError, ["layers.0.b", "int32"]
     elif kind == "pickled-member":
-        write_npz(path, dense_description(), **params, extra=np.array([{"evil": 1}], dtype=object))
-        return path, ModelFileError, ["extra.npy", "unsupported .npy array", "object"]
+        write_npz(path, dense_description(), **{**params, "layers.0.b": np.array([{"evil": 1}] * 3)})
+        return path, ModelFileError, ["layers.0.b.npy", "unsupported .npy array", "object"]
     elif kind == "foreign-member":
         write_npz(path, dense_description(), **params)
         import zipfile

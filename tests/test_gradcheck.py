@@ -24,6 +24,9 @@ SINGLE_LAYER_NETS = {
     "maxpool": lambda: ([MaxPool2D(2), Flatten()], (2, 6, 6), "quadratic"),
     "maxpool_overlap": lambda: ([MaxPool2D(3, stride=2), Flatten()], (1, 7, 7), "quadratic"),
     "dense": lambda: ([Dense(6, 4)], (6,), "quadratic"),
+    # square W: a backward using W.T for W (or dW.T) passes every non-square test
+    "dense_square": lambda: ([Dense(5, 5)], (5,), "quadratic"),
+    "dense_square_stack": lambda: ([Dense(6, 6), Tanh(), Dense(6, 6), Sigmoid()], (6,), "quadratic"),
     "sigmoid": lambda: ([Dense(5, 4), Sigmoid()], (5,), "quadratic"),
     "tanh": lambda: ([Dense(5, 4), Tanh()], (5,), "quadratic"),
     "relu": lambda: ([Dense(5, 4), ReLU()], (5,), "quadratic"),

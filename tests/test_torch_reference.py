@@ -58,3 +58,26 @@ def test_one_training_step_matches_pytorch_sgd(rng):
     grads, _ = _torch_seed_network(gpucnn.seed_network(backend="numpy", seed=0), x, y, "quadratic")
     for (name, before), g in zip(start.items(), grads):
         assert _rel(net.get_params()[name], before - 1.0 * g) < 1e-5, name
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.9, 1e-3), (0.0, 1e-2), (0.9, 0.0)])
+def test_several_sgd_steps_with_momentum_and_weight_decay_match_torch_optim_sgd(rng, momentum, weight_decay):
+    """Five steps of SGD(0.5, momentum, weight_decay) on different batches against torch.optim.SGD
+    (float64 on both sides): lr applied twice, or decay added after the momentum update, goes red."""
+    from gpucnn.optim import SGD
+    net = gpucnn.Network([gpucnn.Dense(6, 5), gpucnn.Sigmoid(), gpucnn.Dense(5, 3), gpucnn.Sigmoid()],
+                         backend="numpy", dtype=np.float64, seed=1)
+    params = [torch.tensor(v, requires_grad=True) for v in net.get_params().values()]
+    peer = torch.optim.SGD(params, lr=0.5, momentum=momentum, weight_decay=weight_decay)
+    ours = SGD(0.5, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(5):
+        x, y = rng.standard_normal((4, 6)), rng.integers(0, 3, 4)
+        net.train_step(x, net.targets(y, 4), ours)
+        W1, b1, W2, b2 = params
+        a = torch.sigmoid(F.linear(torch.sigmoid(F.linear(torch.tensor(x), W1, b1)), W2, b2))
+        cost = 0.5 * ((a - F.one_hot(torch.tensor(y), 3).double()) ** 2).sum() / 4
+        peer.zero_grad()
+        cost.backward()
+        peer.step()
+    for (name, value), theirs in zip(net.get_params().items(), params):
+        assert _rel(value, theirs.detach().numpy()) < 1e-12, name

@@ -23,7 +23,10 @@ A misbehaving kernel raises KernelError naming the kernel, block and thread: out
 accesses (guard pages), deadlocks, ``__syncthreads`` in divergent code, shuffles naming an exited
 lane, a static + dynamic shared memory over the limit. Sanitizer reports raise SanitizerError.
 """
+import contextvars
 import ctypes
+import math
+import numbers
 import os
 import threading
 
@@ -51,64 +54,116 @@ _SANITIZERS = (None, "thread", "address")
 _lock = threading.RLock()
 
 
+# setting -> its environment variable (the process-wide defaults)
+ENV_VARS = {"order": "GPUCNN_EMU_ORDER", "seed": "GPUCNN_EMU_SEED", "workers": "GPUCNN_EMU_WORKERS",
+            "sanitizer": "GPUCNN_EMU_SANITIZER", "timeout": "GPUCNN_EMU_TIMEOUT"}
+_FALLBACK = {"order": "ascending", "seed": 0, "workers": 1, "sanitizer": None, "timeout": 0.0}
+
+
 def _env_defaults():
-    order = os.environ.get("GPUCNN_EMU_ORDER", "ascending") or "ascending"
-    san = os.environ.get("GPUCNN_EMU_SANITIZER", "") or None
-    return {
-        "order": order.lower(),
-        "seed": int(os.environ.get("GPUCNN_EMU_SEED", "0") or 0),
-        "workers": int(os.environ.get("GPUCNN_EMU_WORKERS", "1") or 1),
-        "sanitizer": None if san in (None, "none", "off", "0") else san.lower(),
-        "timeout": float(os.environ.get("GPUCNN_EMU_TIMEOUT", "0") or 0),
-    }
+    """The defaults from GPUCNN_EMU_*; a value that does not parse is refused naming its variable."""
+    cfg = dict(_FALLBACK)
+    for key, var in ENV_VARS.items():
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            if key in ("seed", "workers"):
+                cfg[key] = int(raw)
+            elif key == "timeout":
+                cfg[key] = float(raw)
+            elif key == "sanitizer":
+                cfg[key] = None if raw.lower() in ("none", "off", "0") else raw.lower()
+            else:
+                cfg[key] = raw.lower()
+        except ValueError:
+            kind = "an int" if key in ("seed", "workers") else "a number of seconds"
+            raise ValueError(f"environment variable {var}={raw!r}: expected {kind}") from None
+    return _validated(cfg, names=ENV_VARS)
 
 
-def _validated(cfg):
+def _validated(cfg, names=None):
+    """cfg with every value checked (and normalised); an error names the setting (or its variable)."""
+    def fail(key, expected):
+        label = f"environment variable {names[key]}" if names else f"emulator setting {key}"
+        raise ValueError(f"{label} must be {expected}, got {cfg[key]!r}")
+    cfg = dict(cfg)
+    if isinstance(cfg["order"], str):
+        cfg["order"] = cfg["order"].lower()
     if cfg["order"] not in _launch.ORDERS:
-        raise ValueError(f"order must be one of {sorted(_launch.ORDERS)}, got {cfg['order']!r}")
+        fail("order", f"one of {sorted(_launch.ORDERS)}")
     if cfg["sanitizer"] not in _SANITIZERS:
-        raise ValueError(f"sanitizer must be None, 'thread' or 'address', got {cfg['sanitizer']!r}")
-    if not isinstance(cfg["workers"], int) or not 1 <= cfg["workers"] <= 256:
-        raise ValueError(f"workers must be an int from 1 to 256, got {cfg['workers']!r}")
-    if not isinstance(cfg["seed"], (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {cfg['seed']!r}")
+        fail("sanitizer", "None, 'thread' or 'address'")
+    if isinstance(cfg["workers"], bool) or not isinstance(cfg["workers"], numbers.Integral) \
+            or not 1 <= cfg["workers"] <= 256:
+        fail("workers", "an int from 1 to 256")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], numbers.Integral):
+        fail("seed", "an int")
+    timeout = cfg["timeout"]
+    if timeout is None:
+        timeout = 0.0
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) \
+            or timeout < 0:
+        fail("timeout", "a number of seconds >= 0 (0 or None: no limit)")
+    cfg.update(workers=int(cfg["workers"]), seed=int(cfg["seed"]), timeout=float(timeout))
     return cfg
 
 
-_settings = _validated(_env_defaults())
+# The process-wide settings (from the environment, read at first use, changed by ``configure``) and
+# the scoped ones a ``with settings(...)`` block sets for its own context only (contextvars): nothing
+# a block changed is left changed in the process after it exits, whatever it raised.
+_base = [None]
+_scoped = contextvars.ContextVar("gpucnn_emulator_settings", default=None)
+
+
+def _base_settings():
+    with _lock:
+        if _base[0] is None:
+            _base[0] = _env_defaults()
+        return _base[0]
 
 
 def current_settings():
-    """A copy of the settings launches use now."""
-    return dict(_settings)
+    """A copy of the settings launches use now (in this context)."""
+    scoped = _scoped.get()
+    return dict(scoped if scoped is not None else _base_settings())
+
+
+def _merged(changes):
+    unknown = set(changes) - set(_FALLBACK)
+    if unknown:
+        raise TypeError(f"unknown emulator settings {sorted(unknown)}; known: {sorted(_FALLBACK)}")
+    return _validated(dict(current_settings(), **changes))
 
 
 def configure(**changes):
-    """Change the settings for good (order, seed, workers, sanitizer, timeout); returns the old."""
-    global _settings
-    unknown = set(changes) - set(_settings)
-    if unknown:
-        raise TypeError(f"unknown emulator settings {sorted(unknown)}; known: {sorted(_settings)}")
-    old = dict(_settings)
-    new = dict(_settings, **changes)
-    if isinstance(new["order"], str):
-        new["order"] = new["order"].lower()
-    _settings = _validated(new)
+    """Change the process-wide settings for good (order, seed, workers, sanitizer, timeout); returns
+    the old ones. Inside a ``with settings(...)`` block the block's settings still win there."""
+    new = _merged(changes)
+    with _lock:
+        old = dict(_base_settings())
+        _base[0] = dict(old, **{k: new[k] for k in changes})
     return old
 
 
 class settings:
-    """``with emulator.settings(order="random", seed=2): ...`` — restored on exit."""
+    """``with emulator.settings(order="random", seed=2): ...`` — in force inside the block only.
+
+    The values are checked here, at once (``settings(timeout='x')`` raises before any launch); they
+    apply on ``__enter__`` to the current context and are restored on exit.
+    """
 
     def __init__(self, **changes):
-        self._old = configure(**changes)
+        _merged(changes)                 # refuse bad values now, not at the first launch
+        self._changes, self._tokens = changes, []
 
     def __enter__(self):
-        return current_settings()
+        new = _merged(self._changes)
+        self._tokens.append(_scoped.set(new))
+        return dict(new)
 
     def __exit__(self, *exc):
-        global _settings
-        _settings = self._old
+        _scoped.reset(self._tokens.pop())
         return False
 
 
