@@ -478,6 +478,12 @@ def _run(argv, timeout=15):
         return f"not run: {type(exc).__name__}: {exc}"
 
 
+def parse_gpus(query):
+    """nvidia-smi --query-gpu=...,--format=csv,noheader -> one 'name, driver, memory[, cc]' per GPU."""
+    return [ln.strip() for ln in query.splitlines()
+            if ln.count(",") >= 2 and not any(w in ln.lower() for w in ("failed", "not a valid", "error"))]
+
+
 def worker_versions(args):
     """The card and the software; PASS when nvidia-smi lists a GPU."""
     data = {"python": sys.version.split()[0], "executable": sys.executable}
@@ -486,7 +492,7 @@ def worker_versions(args):
     if smi and not os.environ.get("GPUCNN_GPU_CHECK_DRY"):
         for fields in ("name,driver_version,memory.total,compute_cap", "name,driver_version,memory.total"):
             query = _run([smi, f"--query-gpu={fields}", "--format=csv,noheader"])   # old drivers: no compute_cap
-            gpus = [ln.strip() for ln in query.splitlines() if ln.count(",") >= 2 and "failed" not in ln.lower()]
+            gpus = parse_gpus(query)
             if gpus:
                 break
         (Path(args.out_dir) / "nvidia-smi.txt").write_text(_run([smi]) + "\n")

@@ -66,6 +66,25 @@ def test_without_a_gpu_the_steps_say_why_from_the_probe(tmp_path):
     assert probe["detail"][:40] in train["detail"]                    # the probe's reason, passed on
 
 
+@pytest.mark.skipif(not NO_GPU, reason="a usable GPU is here")
+def test_a_card_that_gpucnn_cannot_use_fails_the_probe(tmp_path):
+    """nvidia-smi lists a GPU but the cupy backend is unusable: a setup failure, not 'no GPU'."""
+    check = gpu_check.Check(gpu_check.parse_args(["--out", str(tmp_path)]))
+    check.gpu_seen = True
+    status, detail, _ = check.worker_step("probe", 60)
+    assert status == gpu_check.FAIL and "cupy" in detail.lower() and not check.gpu_ok
+    assert check.step("train", 60)[0] == gpu_check.NA
+    assert check.total([{"step": "probe", "status": status}], 1.0)["exit"] == gpu_check.EXIT_FAIL
+
+
+def test_nvidia_smi_query_parsing():
+    assert gpu_check.parse_gpus("NVIDIA H200, 580.159.03, 143771 MiB, 9.0\n") == \
+        ["NVIDIA H200, 580.159.03, 143771 MiB, 9.0"]
+    assert gpu_check.parse_gpus('Field "compute_cap" is not a valid field to query.') == []
+    assert gpu_check.parse_gpus("NVIDIA-SMI has failed because it couldn't communicate with the driver, "
+                                "make sure that the latest NVIDIA driver is installed, and running.") == []
+
+
 def test_results_are_written_as_each_step_ends(tmp_path):
     """Killed after step k (here 3), the run leaves k lines and a valid results.json of k steps."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
