@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from . import bench, data
+from . import bench, data, distributed
 from .backend import backend_info
 from .errors import GpucnnError
 from .network import load, seed_network
@@ -50,6 +50,10 @@ def build_parser():
     train.add_argument("--every", type=int, default=None, help="checkpoint every N steps too (default: each epoch)")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument("--quiet", action="store_true")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel under mpiexec (one process per rank): only rank 0 prints and writes")
+    train.add_argument("--comm-timeout", type=float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="with --distributed: a rank that waits longer for the others ends the job")
 
     evaluate = sub.add_parser("evaluate", help="accuracy of a saved model on the test / held-out digits")
     evaluate.add_argument("model")
@@ -89,15 +93,21 @@ def _check_train_args(args):
 
 def cmd_train(args):
     _check_train_args(args)
+    comm = distributed.cli_comm(args.distributed, args.comm_timeout)   # refuses N copies without --distributed
+    lead = comm is None or comm.rank == 0                              # only rank 0 prints and writes
+    args.quiet = args.quiet or not lead
     net = seed_network(backend=args.backend, seed=args.seed, loss=args.loss, activation=args.activation)
     x, y, xv, yv, description = _data(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"data: {description}")
     say(f"backend: {net.backend.name}")
-    history = net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, validation=(xv, yv), verbose=not args.quiet,
-            checkpoint=args.checkpoint, every=args.every, resume=args.resume)
+    with distributed.cli_session(comm):
+        history = net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                weight_decay=args.weight_decay, validation=(xv, yv), verbose=not args.quiet,
+                checkpoint=args.checkpoint, every=args.every, resume=args.resume, comm=comm)
     accuracy = history["val_accuracy"][-1]
+    if not lead:
+        return 0
     net.save(args.model)
     print(f"held-out accuracy {accuracy:.4f} on {len(yv)} digits; model saved to {args.model}")
 

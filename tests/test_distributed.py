@@ -250,3 +250,63 @@ def test_mismatched_seeds_are_a_clear_error_on_every_rank(tmp_path):
         kind, text = seen["error"]
         assert kind == "DistributedError"
         assert "seed: rank 2 has 1 where rank 0 has 0" in text
+
+
+# -- the command line -------------------------------------------------------------------------------
+def _idx(a):
+    a = np.asarray(a, np.uint8)
+    return bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes()
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """300 training and 100 held-out digits as the four MNIST IDX files."""
+    x, y = _script().digits(400)
+    images = np.rint(x[:, 0] * 255).astype(np.uint8)
+    d = tmp_path_factory.mktemp("idx")
+    for name, a in [("train-images-idx3-ubyte", images[:300]), ("train-labels-idx1-ubyte", y[:300]),
+                    ("t10k-images-idx3-ubyte", images[300:]), ("t10k-labels-idx1-ubyte", y[300:])]:
+        (d / name).write_bytes(_idx(a))
+    return d
+
+
+def _train_args(d, model):
+    return ["train", "--data", d, "--epochs", 2, "--batch-size", 96, "--model", model]
+
+
+def _epoch_lines(stdout):
+    """The epoch lines without their wall time."""
+    return [line.split(" (")[0] for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.fixture(scope="module")
+def cli_reference(digits_dir, tmp_path_factory):
+    model = tmp_path_factory.mktemp("one") / "model.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "gpucnn", *map(str, _train_args(digits_dir, model))],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return dict(np.load(model)), _epoch_lines(done.stdout)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 3])
+def test_cli_distributed_is_bitwise_one_process_and_only_rank_0_speaks(tmp_path, digits_dir, cli_reference, n):
+    model = tmp_path / "model.npz"
+    done, _ = mpirun(n, *_train_args(digits_dir, model), "--distributed",
+                     command=[sys.executable, "-m", "mpi4py", "-m", "gpucnn"])
+    assert done.returncode == 0, done.stderr
+    arrays, lines = cli_reference
+    got = dict(np.load(model))
+    assert got.keys() == arrays.keys() and all(got[k].tobytes() == arrays[k].tobytes() for k in arrays)
+    assert _epoch_lines(done.stdout) == lines and len(lines) == 2
+    assert done.stdout.count("model saved to") == 1 and done.stdout.count("data: ") == 1
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_cli_copies_under_a_launcher_without_distributed_refuse(tmp_path, digits_dir):
+    done, _ = mpirun(2, *_train_args(digits_dir, tmp_path / "model.npz"), command=[sys.executable, "-m", "gpucnn"])
+    assert done.returncode != 0
+    assert done.stderr.count("--distributed is not given") == 2 and not (tmp_path / "model.npz").exists()

@@ -14,8 +14,8 @@ docs/distributed.md: launching, what "exact" means, the allreduce mode's toleran
 from .comm import (DEFAULT_TIMEOUT, DistributedError, MpiComm, NcclComm, check_not_launched, check_world_size,
                    init, launcher_world, mpiexec_path)
 from .engine import DistributedEpoch, DistributedTrainer, is_all_ranks, score
-from .session import cli_session
+from .session import cli_comm, cli_session
 
 __all__ = ["init", "DistributedError", "MpiComm", "NcclComm", "DistributedTrainer", "DistributedEpoch", "score",
-           "launcher_world", "check_not_launched", "check_world_size", "mpiexec_path", "cli_session",
+           "launcher_world", "check_not_launched", "check_world_size", "mpiexec_path", "cli_comm", "cli_session",
            "is_all_ranks", "DEFAULT_TIMEOUT"]

@@ -7,13 +7,27 @@ other ranks are waiting for that rank in a collective and would otherwise wait f
 """
 import contextlib
 
+from .comm import DEFAULT_TIMEOUT, check_not_launched, init
 from .engine import is_all_ranks
 
 EXIT_ERROR = 1
 
 
+def cli_comm(distributed, timeout=DEFAULT_TIMEOUT):
+    """``--distributed``: the communicator of the job. Without it: None, after refusing to run as one
+    of several copies an MPI launcher started (they would all write the same files)."""
+    if not distributed:
+        check_not_launched()
+        return None
+    return init(timeout=timeout)
+
+
 @contextlib.contextmanager
 def cli_session(comm):
+    """Around a command's work; comm None (one process): nothing changes."""
+    if comm is None:
+        yield comm
+        return
     try:
         yield comm
     except SystemExit:
