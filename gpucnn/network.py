@@ -11,12 +11,13 @@ definition. ``net.summary()`` says which path runs and why.
 import copy
 import math
 import os
+import warnings
 
 import numpy as np
 
 from . import distributed, fast, layers as L, serialization, trace as tracing
 from .backend import get_backend, to_numpy
-from .errors import ModelFileError, ShapeError
+from .errors import ModelFileError, NoCheckpointWarning, ShapeError
 from .losses import get_loss
 from .optim import SGD
 from .training import Trainer
@@ -124,11 +125,16 @@ class Network:
 
     def targets(self, y, n):
         """Labels (n,) or one-hot rows (n, classes) -> one-hot rows on the backend, in the net's dtype."""
-        kind = check_labels(y, n, self.classes)
+        kind = check_labels(y, n, self.classes, distributions=self._distributions)
         if kind == "onehot":
             return self.backend.asarray(y, self.dtype)
         labels = self.backend.asarray(y, np.int64)
         return (self.backend.xp.arange(self.classes)[None, :] == labels[:, None]).astype(self.dtype)
+
+    @property
+    def _distributions(self):
+        """Cross-entropy target rows must be probability distributions (validation.check_labels)."""
+        return self.loss.name == "cross_entropy"
 
     def cost(self, x, y):
         out = self.forward(x)
@@ -206,7 +212,7 @@ class Network:
           rank 0 prints and writes checkpoints.
         """
         check_inputs(x, self.input_shape)
-        check_labels(y, x.shape[0], self.classes)
+        check_labels(y, x.shape[0], self.classes, distributions=self._distributions)
         n = x.shape[0]
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size", upper=n)
@@ -214,13 +220,15 @@ class Network:
             every = check_positive_int(every, "every")
         if resume and not checkpoint:
             raise ValueError("resume=True needs checkpoint=path")
+        if checkpoint:                   # before the first step, not when the first write fails
+            checkpoint = serialization.check_output_path(checkpoint, "checkpoint")
         optimizer = SGD(lr, momentum, weight_decay)
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise TypeError(f"validation must be a pair (x, y), got {type(validation).__name__}")
             xv, yv = validation
             check_inputs(xv, self.input_shape, "validation x")
-            check_labels(yv, xv.shape[0], self.classes, "validation y")
+            check_labels(yv, xv.shape[0], self.classes, "validation y", self._distributions)
         xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n)   # on the device once
         if validation is not None:
             y1v = self.targets(yv, xv.shape[0])
@@ -235,6 +243,10 @@ class Network:
             resume = trainer.resume(checkpoint)    # rank 0 looks for the file, every rank resumes from it
         elif resume and os.path.exists(checkpoint):
             trainer.resume(checkpoint)
+        elif resume:                     # a first run of a restartable job, or a typo: say which path
+            warnings.warn(f"resume=True but there is no checkpoint at {os.path.abspath(checkpoint)}: "
+                          "training from scratch (the checkpoint is written there as training goes)",
+                          NoCheckpointWarning, stacklevel=2)
         return trainer.run(validation)
 
     # -- inference -------------------------------------------------------------------------------
