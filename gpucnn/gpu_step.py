@@ -42,11 +42,8 @@ def step_setting():
 
 
 def live_param(layer, name):
-    """The layer's live parameter array (``layer.params[name].value``, or ``layer.W`` before it)."""
-    params = getattr(layer, "params", None)
-    if isinstance(params, dict) and name in params:
-        return params[name].value
-    return getattr(layer, name)
+    """The layer's live parameter array, updated in place by the step."""
+    return layer.params[name].value
 
 
 def seed_family(net):
@@ -181,24 +178,15 @@ class GpuStep:
             start += size
         return offsets
 
-    def param_names(self):
-        return [f"layers.{self.net.layers.index(layer)}.{name}" for layer, name in self.slots]
-
     def load_velocity(self):
         """Take the optimizer's velocities (e.g. from a resumed checkpoint) into the packed buffer
         and give the optimizer views of it, so a checkpoint sees the live values."""
         if not self.optimizer.momentum:
             return
-        for (layer, name), key, (lo, hi) in zip(self.slots, self.param_names(), self._offsets()):
+        for (layer, name), (lo, hi) in zip(self.slots, self._offsets()):
             view = self.velocity[lo:hi].reshape(layer.param_shapes()[name])
-            state = getattr(self.optimizer, "state", None)
-            if isinstance(state, dict):                     # optimizer.state[param.name]["velocity"]
-                old = state.setdefault(key, {}).get("velocity")
-                state[key]["velocity"] = view
-            else:                                           # before the Parameter refactor
-                index = self.net.layers.index(layer)
-                old = self.optimizer.velocity.get((index, name))
-                self.optimizer.velocity[(index, name)] = view
+            state = self.optimizer.state.setdefault(layer.params[name].name, {})
+            old, state["velocity"] = state.get("velocity"), view    # optimizer.state[param.name]
             if old is not None and old is not view:
                 view[...] = self.xp.asarray(old, dtype=self.xp.float32)
 
@@ -219,7 +207,8 @@ class GpuStep:
         self.step_correct = xp.zeros(self.steps, xp.int32)
         self._capture()
 
-    def _args(self):
+    def launches(self):
+        """The step's three launches, in stream order: (kernel name, grid, block, args)."""
         p = [live_param(layer, name) for layer, name in self.slots]
         n_train = np.int32(self.n)
         opt = self.optimizer
@@ -233,12 +222,8 @@ class GpuStep:
               np.float32(opt.momentum), np.float32(opt.weight_decay))),
         ]
 
-    def launches(self):
-        """The step's three launches, in stream order: (kernel name, grid, block, args)."""
-        return self._args()
-
     def _launch_all(self):
-        for name, grid, block, args in self._args():
+        for name, grid, block, args in self.launches():
             self.kernels[name](grid, block, args)
 
     def _capture(self):
