@@ -3,7 +3,7 @@
     python scripts/gpu_check.py [RESULTS_DIR] [--quick] [--out DIR] [--only STEP ...]
     bash scripts/gpu_check.sh [...]                     # the same
     python scripts/gpu_check.py --dry-run --out DIR     # act as if no GPU were here (what CI runs)
-    python scripts/gpu_check.py --rehearse --out DIR    # every step's code on the CPU (numpy), tiny sizes
+    python scripts/gpu_check.py --rehearse --out DIR    # every step's own code on the CPU (emulated), tiny sizes
 
 Results go to --out, else $OUT, else RESULTS_DIR, else ./gpu_check_results. Each step runs in its own
 process under its own timeout and appends its line to results.txt and its record to results.json
@@ -730,7 +730,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="under 3 minutes: fewer sanitizers, bench b64 only")
     p.add_argument("--dry-run", action="store_true", help="act as if no GPU were here (CI)")
     p.add_argument("--rehearse", action="store_true",
-                   help="run every step's own code on the CPU (numpy backend, tiny sizes): not a GPU result")
+                   help="run every step's own code on the CPU (emulated backend, tiny sizes): not a GPU result")
     p.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
     p.add_argument("--hold-after", type=int, default=None, help=argparse.SUPPRESS)   # tests: kill here
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)                 # one step, in-process

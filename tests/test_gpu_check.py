@@ -108,7 +108,8 @@ def test_results_are_written_as_each_step_ends(tmp_path):
 
 
 def test_cpu_rehearsal_runs_every_steps_own_code(tmp_path):
-    """The workers' code (data, fit per GPU path, params twice, the one-step script) on numpy."""
+    """The workers' code (data, fit per GPU path, params twice, the one-step script) on the emulated backend
+    (the same host code and .cu kernels as on a GPU, the fused step included)."""
     proc = run_check("--rehearse", "--only", "probe", "train", "repeat", "memcheck", "--out", str(tmp_path))
     _, record = read_results(tmp_path)
     statuses = {s["step"]: (s["status"], s["detail"]) for s in record["steps"]}
