@@ -226,9 +226,14 @@ class GpuStep:
         for name, grid, block, args in self.launches():
             self.kernels[name](grid, block, args)
 
+    def _captured_with(self):
+        """What a captured graph holds by value: the parameter arrays and the SGD scalars."""
+        opt = self.optimizer
+        return [live_param(layer, name) for layer, name in self.slots], (opt.lr, opt.momentum, opt.weight_decay)
+
     def _capture(self):
         """Capture the three launches once into a CUDA graph (CuPy), or explain why not."""
-        self.params = [live_param(layer, name) for layer, name in self.slots]
+        self.params, self.hyper = self._captured_with()
         self.graph = None
         if not (self.on_gpu and self.want_graph):
             return
@@ -247,8 +252,9 @@ class GpuStep:
         """Upload the permutation (n,) and set the step counter; no host sync."""
         if self.x is None:
             raise RuntimeError("GpuStep.start_epoch needs bind(xd, yd) first")
-        if any(live_param(layer, name) is not p for (layer, name), p in zip(self.slots, self.params)):
-            self._capture()             # a parameter array was replaced: the graph holds its pointer
+        params, hyper = self._captured_with()
+        if hyper != self.hyper or any(a is not b for a, b in zip(params, self.params)):
+            self._capture()             # a new lr (a schedule) or a replaced parameter array
         self._after_default_stream()
         with self._on_stream():
             self.order[...] = self.xp.asarray(np.asarray(order, dtype=np.int32))

@@ -397,3 +397,54 @@ def test_divergence_in_fit_names_the_step_and_keeps_the_last_good_parameters(dat
     assert messages[device] == messages["numpy"]
     for name, value in got["numpy"].items():
         assert np.isfinite(got[device][name]).all() and _rel(got[device][name], value) < REL[device], name
+
+
+@pytest.mark.parametrize("setting", ["auto", "generic"])
+def test_a_learning_rate_schedule_reaches_the_captured_step(data, setting, monkeypatch):
+    """The loop sets optimizer.lr per epoch: the fused step must not keep the first epoch's."""
+    monkeypatch.setenv("GPUCNN_GPU_STEP", setting)
+    x, labels = data
+    kwargs = dict(epochs=3, batch_size=8, momentum=0.9, lr_schedule="cosine")
+    emu, history = _fit("emulated", x, labels, "quadratic", "sigmoid", **kwargs)
+    ref, want = _fit("numpy", x, labels, "quadratic", "sigmoid", **kwargs)
+    assert history["lr"] == want["lr"] and len(set(want["lr"])) == 3
+    for name, value in _params(ref).items():
+        assert _rel(_params(emu)[name], value) < 1e-5, name
+
+
+def test_other_optimizers_run_the_generic_device_epoch(data):
+    from gpucnn.training import device_epoch
+    x, labels = data
+    net = gpucnn.seed_network(backend="emulated", seed=0)
+    trainer = gpucnn.training.Trainer(net, net.backend.asarray(x), net.targets(labels, 40), 1, 8,
+                                      gpucnn.optim.Adam(1e-3))
+    assert isinstance(trainer.engine, device_epoch.GenericEpoch)
+    assert "the fused update is SGD's, not Adam's" in trainer.engine.mode
+    net.fit(x, labels, epochs=1, batch_size=8, optimizer="adam", verbose=False)
+    ref = gpucnn.seed_network(backend="numpy", seed=0)
+    ref.fit(x, labels, epochs=1, batch_size=8, optimizer="adam", verbose=False)
+    for name, value in _params(ref).items():
+        assert _rel(_params(net)[name], value) < 1e-5, name
+
+
+def test_the_graph_is_captured_again_when_what_it_holds_changes(data, monkeypatch):
+    """A graph holds the parameter pointers and lr, momentum, weight decay by value: a new lr (a
+    schedule) or a replaced parameter array (a resume) must make start_epoch capture again."""
+    x, labels = data
+    net = gpucnn.seed_network(backend="emulated", seed=0)
+    optimizer = SGD(0.5, 0.9)
+    step, _ = plan_gpu_step(net, 8, optimizer)
+    captures = []
+    real = gpu_step.GpuStep._capture
+    monkeypatch.setattr(gpu_step.GpuStep, "_capture", lambda self: captures.append(1) or real(self))
+    step.bind(x, net.targets(labels, 40))
+    step.start_epoch(np.arange(40))
+    assert len(captures) == 1
+    optimizer.lr = 0.25
+    step.start_epoch(np.arange(40))
+    assert len(captures) == 2 and step.hyper[0] == 0.25
+    net.layers[4].params["b"].assign(np.zeros(10), net.backend, np.float32)
+    step.start_epoch(np.arange(40))
+    assert len(captures) == 3 and step.params[3] is live_param(net.layers[4], "b")
+    step.start_epoch(np.arange(40))
+    assert len(captures) == 3

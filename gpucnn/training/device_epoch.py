@@ -45,16 +45,19 @@ class _DeviceEpoch:
         t = self.t
         self.accounted = t.step                  # steps of this epoch already in the running sums
         self.start_epoch(order)
-        progress = Progress(t.epoch + 1, t.epochs, t.n, t.verbose)
-        for step, start, stop in t.batches():
-            self.run_step(step, start, stop)
-            self.pending = True
-            t.step += 1
-            if t.checkpoint_due(stop):
-                t.save_checkpoint()              # calls sync(): the only mid-epoch read
-        self.sync()
-        progress.update(t.n, t.cost_sum / t.n)   # once, at the end: a running loss would need reads
-        progress.close()
+        progress = Progress(t.epoch + 1, t.epochs, t.n, t.verbose, initial=min(t.step * t.batch_size, t.n))
+        try:
+            for step, start, stop in t.batches():
+                self.run_step(step, start, stop)
+                self.pending = True
+                t.step += 1
+                if t.checkpoint_due(stop):
+                    t.save_checkpoint()          # calls sync(): the only mid-epoch read
+                t.check_stop()                   # a Ctrl-C / SIGTERM: sync, checkpoint, Interrupted
+            self.sync()
+            progress.update(t.n, t.cost_sum / t.n)   # once, at the end: a running loss needs reads
+        finally:
+            progress.close()
 
     pending = False                              # steps run since the last sync
 
