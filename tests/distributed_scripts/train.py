@@ -104,6 +104,8 @@ def main():
                           validation=(x[:100], y[:100]), checkpoint=args.checkpoint, every=args.every,
                           resume=args.resume, comm=comm)
         seen["accuracy"] = net.evaluate(x, y, batch_size=128, comm=comm)
+        y1 = net.targets(y, len(y))
+        seen["score"] = list(net.score(net.backend.asarray(x, net.dtype), y1, y1.argmax(axis=1), 128, comm=comm))
         history.pop("time", None)              # wall time: the one entry that is not a result
         seen["history"] = history
     except (distributed.DistributedError, gpucnn.Divergence) as exc:
