@@ -5,17 +5,66 @@ An epoch runs on an *engine*: the host loop below (one ``net.train_step`` per ba
 CUDA backends, a sync-free device engine (``device_epoch.engine_for``) that keeps the data, the
 shuffle, the cost and the accuracy on the device and reads them once per epoch.
 """
+import contextlib
 import copy
 import math
+import signal
+import threading
 
 import numpy as np
 
 from . import checkpoint, device_epoch
-from .progress import Progress
+from .progress import EpochTimer, Progress
 
 
 class Divergence(FloatingPointError):
     """Training produced a NaN or inf loss; the parameters are the last good ones."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after a finished step (inside ``stop_on_signals``).
+
+    ``checkpoint``: where the state after that step was saved (resume from it), ``epoch`` and ``step``:
+    where it stopped (1-based epoch, steps done in it), ``signal_name``: 'SIGINT' or 'SIGTERM'.
+    """
+
+    def __init__(self, signal_name, checkpoint, epoch, step, steps):
+        super().__init__(f"{signal_name}: stopped in epoch {epoch} after step {step} of {steps}; "
+                         f"checkpoint {checkpoint}")
+        self.signal_name, self.checkpoint, self.epoch, self.step, self.steps = \
+            signal_name, checkpoint, epoch, step, steps
+
+
+class _StopRequest:
+    """Set by the signal handlers of ``stop_on_signals``; read by the loop after each finished step."""
+    signal_name = None       # None: no stop asked for
+    fallback = None          # where to save when fit() was given no checkpoint path
+
+
+_STOP = _StopRequest()
+
+
+@contextlib.contextmanager
+def stop_on_signals(fallback_checkpoint, signals=(signal.SIGINT, signal.SIGTERM)):
+    """Inside: Ctrl-C or SIGTERM lets the step in flight finish, saves a checkpoint (fit's ``checkpoint``
+    path, else ``fallback_checkpoint``) and raises ``Interrupted``. A second signal stops at once
+    (KeyboardInterrupt). Outside the main thread signals cannot be caught: then nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield _STOP
+        return
+    def handler(signum, frame):
+        if _STOP.signal_name is not None:
+            raise KeyboardInterrupt
+        _STOP.signal_name = signal.Signals(signum).name
+    previous = {s: signal.signal(s, handler) for s in signals}
+    _STOP.signal_name, _STOP.fallback = None, fallback_checkpoint
+    try:
+        yield _STOP
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _STOP.signal_name, _STOP.fallback = None, None
 
 
 class Trainer:
@@ -39,8 +88,11 @@ class Trainer:
         while self.epoch < self.epochs:
             if self.step == 0:
                 self.epoch_rng_state = copy.deepcopy(self.net.shuffle_rng.bit_generator.state)
+            timer, first = EpochTimer(), min(self.step * self.batch_size, self.n)
             self.engine.run_epoch(self.order())
-            self._end_epoch(validation)
+            self._end_epoch(validation, timer.describe(self.n - first))
+            if self.epoch < self.epochs:
+                self.check_stop()
         return self.history
 
     def order(self):
@@ -64,7 +116,18 @@ class Trainer:
                           f"(batch of {batch}); try a smaller learning rate "
                           f"(lr={self.optimizer.lr}). The last good parameters are kept.")
 
-    def _end_epoch(self, validation):
+    def check_stop(self):
+        """After a finished step: on a pending Ctrl-C / SIGTERM save a checkpoint and raise Interrupted."""
+        if _STOP.signal_name is None:
+            return
+        path = self.checkpoint or _STOP.fallback
+        epoch, step = (self.epoch, -(-self.n // self.batch_size)) if self.step == 0 else (self.epoch + 1, self.step)
+        if path:
+            self.engine.sync()
+            checkpoint.save(self, path)
+        raise Interrupted(_STOP.signal_name, path, epoch, step, -(-self.n // self.batch_size))
+
+    def _end_epoch(self, validation, timing=None):
         h = self.history
         h["loss"].append(self.cost_sum / self.n)
         h["accuracy"].append(int(self.correct) / self.n)
@@ -74,6 +137,8 @@ class Trainer:
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
+        if timing:
+            line += f" ({timing})"
         if self.verbose:
             print(line, flush=True)
         self.epoch, self.step, self.cost_sum, self.correct = self.epoch + 1, 0, 0.0, 0
@@ -111,7 +176,7 @@ class HostEpoch:
     def run_epoch(self, order):
         t, xp = self.t, self.t.net.backend.xp
         order = xp.asarray(order)
-        progress = Progress(t.epoch + 1, t.epochs, t.n, t.verbose)
+        progress = Progress(t.epoch + 1, t.epochs, t.n, t.verbose, initial=min(t.step * t.batch_size, t.n))
         for _, start, stop in t.batches():
             idx = order[start:stop]
             xb, yb = t.xd[idx], t.yd[idx]
@@ -122,6 +187,9 @@ class HostEpoch:
             progress.update(stop, t.cost_sum / stop)
             if t.checkpoint_due(stop):
                 t.save_checkpoint()
+            if _STOP.signal_name is not None:
+                progress.close()
+                t.check_stop()
         progress.close()
 
     def train_step(self, xb, y1, optimizer):
