@@ -15,12 +15,12 @@ The layering (imports run downwards only; tests/test_layering.py checks it):
     data/                                 MNIST files, the shipped sample, images (independent)
     cli, bench                            the command line
 """
-from . import backend, data
+from . import backend, callbacks, data, optim, schedules
 from .backend import backend_info, get_backend, to_numpy
 from .errors import BackendUnavailable, DataError, GpucnnError, ModelFileError, ShapeError
 from .gradcheck import gradcheck
-from .layers import (Conv2D, Dense, Flatten, Layer, LayerOwnershipError, MaxPool2D, Parameter, ReLU, Sigmoid,
-                     Tanh, register_layer)
+from .layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, LayerOwnershipError,
+                     MaxPool2D, Parameter, ReLU, Sigmoid, Tanh, register_layer)
 from .network import Network, load, seed_network
 from .trace import Trace, trace
 from .training import Divergence
@@ -31,4 +31,5 @@ __all__ = [
     "backend_info", "Conv2D", "Dense", "Flatten", "MaxPool2D", "ReLU", "Sigmoid", "Tanh", "Layer", "Parameter",
     "register_layer", "GpucnnError", "BackendUnavailable", "DataError", "ModelFileError", "ShapeError",
     "LayerOwnershipError", "Divergence",
+    "AvgPool2D", "BatchNorm2D", "Dropout", "optim", "schedules", "callbacks",
 ]

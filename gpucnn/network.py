@@ -8,6 +8,7 @@ Execution: a fused plan (gpucnn/fast/ on the CPU) runs the network when one cove
 over the layers' own primitives and is checked against the layer-by-layer path, which stays the
 definition. ``net.summary()`` says which path runs and why.
 """
+import contextlib
 import copy
 import math
 import os
@@ -18,8 +19,10 @@ import numpy as np
 from . import distributed, fast, layers as L, serialization, trace as tracing
 from .backend import get_backend, to_numpy
 from .errors import ModelFileError, NoCheckpointWarning, ShapeError
+from .callbacks import Callback
 from .losses import get_loss
-from .optim import SGD
+from .optim import get_optimizer
+from .schedules import get_schedule
 from .training import Trainer
 from .validation import check_inputs, check_labels, check_positive_int
 
@@ -95,6 +98,16 @@ class Network:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def mode(self, training):
+        """Inside: train (True) or eval (False) mode; the previous mode comes back after."""
+        before = self.training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            self.train(before)
 
     # -- forward and backward -------------------------------------------------------------------
     def forward(self, x):
@@ -198,9 +211,20 @@ class Network:
             optimizer.step(self.parameters())
         return cost, out
 
-    def fit(self, x, y, epochs=1, batch_size=10, lr=0.5, momentum=0.0, weight_decay=0.0,
-            validation=None, shuffle=True, verbose=True, checkpoint=None, every=None, resume=False, comm=None):
-        """Mini-batch SGD. Returns the history: per-epoch loss, accuracy, val_loss, val_accuracy.
+    def fit(self, x, y, epochs=1, batch_size=10, lr=None, momentum=0.0, weight_decay=0.0,
+            validation=None, shuffle=True, verbose=True, checkpoint=None, every=None, resume=False,
+            optimizer="sgd", lr_schedule=None, callbacks=None, comm=None):
+        """Mini-batch training in train mode (the previous mode comes back after). Returns the history,
+        a dict of per-epoch lists: loss, accuracy, val_loss, val_accuracy (with validation), time
+        (seconds) and lr.
+
+        - ``optimizer``: "sgd" (``lr`` default 0.5, ``momentum``, ``weight_decay``), "adam" (``lr``
+          default 1e-3, ``weight_decay``) or an ``Optimizer`` object (``gpucnn.optim.SGD``/``Adam``,
+          then lr, momentum and weight_decay are its own). ``lr=None``: the optimizer's default.
+        - ``lr_schedule``: None, "step", "cosine", a ``gpucnn.schedules`` object or a callable
+          epoch (0-based) -> lr; it sets the lr before each epoch (gpucnn/schedules.py).
+        - ``callbacks``: ``gpucnn.callbacks.Callback`` objects, e.g. ``EarlyStopping``; one whose
+          ``on_epoch_end`` returns True stops training after that epoch.
 
         - A NaN or inf loss stops training with ``Divergence`` (naming the epoch and step), keeping the
           last good parameters.
@@ -222,7 +246,12 @@ class Network:
             raise ValueError("resume=True needs checkpoint=path")
         if checkpoint:                   # before the first step, not when the first write fails
             checkpoint = serialization.check_output_path(checkpoint, "checkpoint")
-        optimizer = SGD(lr, momentum, weight_decay)
+        optimizer = get_optimizer(optimizer, lr, momentum, weight_decay)
+        schedule = get_schedule(lr_schedule)
+        callbacks = list(callbacks or ())
+        bad = [c for c in callbacks if not isinstance(c, Callback)]
+        if bad:
+            raise TypeError(f"callbacks must be gpucnn.callbacks.Callback objects, got {bad[0]!r}")
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise TypeError(f"validation must be a pair (x, y), got {type(validation).__name__}")
@@ -235,7 +264,8 @@ class Network:
             validation = (self.backend.asarray(xv, self.dtype), y1v, y1v.argmax(axis=1))
         verbose = verbose and (comm is None or comm.rank == 0)
         if comm is None:
-            trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every)
+            trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every,
+                              schedule=schedule, callbacks=callbacks)
         else:
             trainer = distributed.DistributedTrainer(comm, self, xd, yd, epochs, batch_size, optimizer, shuffle,
                                                      verbose, checkpoint, every, validation)
@@ -247,15 +277,17 @@ class Network:
             warnings.warn(f"resume=True but there is no checkpoint at {os.path.abspath(checkpoint)}: "
                           "training from scratch (the checkpoint is written there as training goes)",
                           NoCheckpointWarning, stacklevel=2)
-        return trainer.run(validation)
+        with self.mode(True):
+            return trainer.run(validation)
 
     # -- inference -------------------------------------------------------------------------------
     def predict_proba(self, x, batch_size=1024):
-        """Network outputs (softmax probabilities for cross_entropy) as NumPy, in batches."""
+        """Network outputs (softmax probabilities for cross_entropy) as NumPy, in batches, in eval mode."""
         check_inputs(x, self.input_shape)
         batch_size = check_positive_int(batch_size, "batch_size")
-        outs = [to_numpy(self.loss.probabilities(self.backend.xp, self._infer(x[i:i + batch_size])))
-                for i in range(0, x.shape[0], batch_size)]
+        with self.mode(False):
+            outs = [to_numpy(self.loss.probabilities(self.backend.xp, self._infer(x[i:i + batch_size])))
+                    for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs)
 
     def _infer(self, x):
@@ -264,25 +296,28 @@ class Network:
         return self._fast.forward(a) if self._fast is not None else self._forward(a)
 
     def predict(self, x, batch_size=1024):
-        """Predicted labels (n,) int64."""
+        """Predicted labels (n,) int64 (eval mode)."""
         return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
 
     def evaluate(self, x, y, batch_size=1024, comm=None):
-        """Accuracy in [0, 1]; ``comm``: split over the ranks, the same number."""
+        """Accuracy in [0, 1] (eval mode); ``comm``: split over the ranks, the same number."""
         check_inputs(x, self.input_shape)
         batch_size = check_positive_int(batch_size, "batch_size")
         y1 = self.targets(y, x.shape[0])
         return self.score(x, y1, y1.argmax(axis=1), batch_size, comm)[1]
 
     def score(self, x, y1, labels, batch_size=1024, comm=None):
-        """(batch-mean cost, accuracy) of checked x, targets y1 and labels, in batches (fast path if any)."""
+        """(batch-mean cost, accuracy) of checked x, targets y1 and labels, in batches (fast path if any),
+        in eval mode (the previous mode comes back after)."""
         if comm is not None:
-            return distributed.score(self, comm, x, y1, labels, batch_size)
+            with self.mode(False):
+                return distributed.score(self, comm, x, y1, labels, batch_size)
         cost, correct = 0.0, 0
-        for i in range(0, x.shape[0], batch_size):
-            out = self._infer(x[i:i + batch_size])
-            cost += self.loss.cost(self.backend.xp, out, y1[i:i + batch_size]) * out.shape[0]
-            correct += int((out.argmax(axis=1) == labels[i:i + batch_size]).sum())
+        with self.mode(False):
+            for i in range(0, x.shape[0], batch_size):
+                out = self._infer(x[i:i + batch_size])
+                cost += self.loss.cost(self.backend.xp, out, y1[i:i + batch_size]) * out.shape[0]
+                correct += int((out.argmax(axis=1) == labels[i:i + batch_size]).sum())
         return cost / x.shape[0], correct / x.shape[0]
 
     # -- description -----------------------------------------------------------------------------

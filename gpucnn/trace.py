@@ -6,6 +6,12 @@
   Sigmoid / ReLU / Tanh: z = a_prev, a = out, sigma_prime = sigma'(z), delta = da_prev = dout * sigma'(z)
   MaxPool2D:             argmax (index in the window, first maximum wins), mask (1 where a delta goes)
   Flatten:               only the reshape: dout (n, 432) -> da_prev (n, 3, 12, 12)
+  AvgPool2D:             only the spreading: da_prev = dout / size^2 over each window (summed where
+                         windows overlap)
+  BatchNorm2D:           z = out = gamma * xhat + beta, delta = dout, xhat, inv_std = 1/sqrt(var + eps),
+                         dgamma, dbeta; da_prev = (dxhat - mean dxhat - xhat mean(dxhat xhat)) * inv_std
+                         in train mode, dxhat * inv_std in eval mode (dxhat = delta * gamma)
+  Dropout:               mask = keep / (1 - p) (ones in eval mode), da_prev = dout * mask
 """
 import numpy as np
 
@@ -64,6 +70,13 @@ def _named_quantities(layer, step):
     if isinstance(layer, L.Activation):
         return {"z": step["a_prev"], "a": step["out"],
                 "sigma_prime": to_numpy(layer.sigma_prime()), "delta": step["da_prev"]}
+    if isinstance(layer, L.BatchNorm2D):
+        return {"z": step["out"], "delta": step["dout"], "xhat": to_numpy(layer.xhat),
+                "inv_std": to_numpy(layer.inv_std), "dgamma": to_numpy(layer.dgamma),
+                "dbeta": to_numpy(layer.dbeta)}
+    if isinstance(layer, L.Dropout):
+        mask = to_numpy(layer.mask) if layer.mask is not None else np.ones_like(step["a_prev"])
+        return {"mask": mask}
     if isinstance(layer, L.MaxPool2D):
         argmax = to_numpy(layer.argmax)
         return {"argmax": argmax, "mask": _argmax_mask(argmax, step["a_prev"].shape, layer)}

@@ -11,4 +11,6 @@ OP_NAMES = (
     "conv2d_backward_input",   # (delta, W, x_shape, stride, padding) -> da_prev
     "maxpool2d_forward",       # (x, size, stride) -> (a, argmax)
     "maxpool2d_backward",      # (delta, argmax, x_shape, size, stride) -> da_prev
+    "avgpool2d_forward",       # (x, size, stride) -> a
+    "avgpool2d_backward",      # (delta, x_shape, size, stride) -> da_prev
 )

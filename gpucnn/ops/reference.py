@@ -115,3 +115,28 @@ def maxpool2d_backward(delta, argmax, x_shape, size, stride):
         routed = np.where(argmax == k, delta, 0)
         da_prev[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += routed
     return da_prev
+
+
+def avgpool2d_forward(x, size, stride):
+    """a[n,c,y,x] = (1/size^2) sum_{i,j < size} x[n, c, y*s + i, x*s + j]   (no padding)
+
+    x (n, c, h, w) -> a (n, c, oh, ow) with oh = (h - size) // s + 1.
+    """
+    windows = _windows(x, size, size, stride)                      # (n, c, oh, ow, size, size)
+    return np.ascontiguousarray(windows.mean(axis=(4, 5), dtype=x.dtype))
+
+
+def avgpool2d_backward(delta, x_shape, size, stride):
+    """da_prev[n,c,y*s+i,x*s+j] += delta[n,c,y,x] / size^2 for every tap (i, j); zero where no window
+    reaches. Taps are added in ascending k = i*size + j (the CUDA kernel's order).
+
+    delta (n, c, oh, ow), x_shape (h, w) -> da_prev (n, c, h, w)
+    """
+    n, c, oh, ow = delta.shape
+    h, w = x_shape
+    share = delta / delta.dtype.type(size * size)
+    da_prev = np.zeros((n, c, h, w), dtype=delta.dtype)
+    for k in range(size * size):
+        i, j = divmod(k, size)
+        da_prev[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += share
+    return da_prev

@@ -1,10 +1,11 @@
 """Training checkpoints: a model file (gpucnn/serialization.py) plus the loop's state.
 
-State: the epoch and step, the shuffle generator's state at the start of that epoch, the optimizer's
-per-parameter state (``optim.<param name>.<slot>`` arrays), the running sums of the epoch and the
-history so far. Resuming rebuilds the epoch's permutation from that generator state and skips the
-steps already done, so a resumed run gives the same parameters, bit for bit, as one that was never
-interrupted (same backend).
+State: the epoch and step, the shuffle generator's state at the start of that epoch, the generator
+state of every layer that draws (Dropout's ``rng``), the optimizer's per-parameter state
+(``optim.<param name>.<slot>`` arrays; integer slots such as Adam's step count stay int64 on the host),
+the running sums of the epoch and the history so far. Resuming rebuilds the epoch's permutation
+from that generator state and skips the steps already done, so a resumed run gives the same
+parameters, bit for bit, as one that was never interrupted (same backend).
 """
 import json
 
@@ -21,7 +22,8 @@ def save(trainer, path):
     state = {"signature": t.signature(), "epoch": t.epoch, "step": t.step,
              "cost_sum": t.cost_sum, "correct": int(t.correct), "history": t.history,
              "epoch_rng_state": t.epoch_rng_state,
-             "shuffle_rng_state": t.net.shuffle_rng.bit_generator.state, "optimizer_state": slots}
+             "shuffle_rng_state": t.net.shuffle_rng.bit_generator.state, "optimizer_state": slots,
+             "layer_rng_states": {str(i): layer.rng.bit_generator.state for i, layer in _drawing_layers(t.net)}}
     extra = {STATE_KEY: np.array(json.dumps(state))}
     for name, slots_of in t.optimizer.state.items():
         for slot, value in slots_of.items():
@@ -48,15 +50,28 @@ def resume(trainer, path):
         for entry in state["optimizer_state"]:
             name, slot = entry.split("|")
             value = arrays[f"{OPTIM_PREFIX}{name}.{slot}"]
-            optimizer_state.setdefault(name, {})[slot] = t.net.backend.asarray(value, t.net.dtype)
+            optimizer_state.setdefault(name, {})[slot] = (   # a count stays a host integer
+                value.astype(np.int64) if value.dtype.kind in "iu" else t.net.backend.asarray(value, t.net.dtype))
+        layer_rng_states = state.get("layer_rng_states", {})
+        drawing = dict(_drawing_layers(t.net))
+        if sorted(map(int, layer_rng_states)) != sorted(drawing):
+            raise ModelFileError(f"{path}: the checkpoint has generator states for layers "
+                                 f"{sorted(map(int, layer_rng_states))}, the network draws in {sorted(drawing)}")
         assign_arrays(t.net, arrays, path)
         t.optimizer.state = optimizer_state
         t.epoch, t.step = int(state["epoch"]), int(state["step"])
         t.cost_sum, t.correct = float(state["cost_sum"]), int(state["correct"])
-        t.history = state["history"]
+        t.history = {**{key: [] for key in t.history}, **state["history"]}
         t.epoch_rng_state = state["epoch_rng_state"]
         t.net.shuffle_rng.bit_generator.state = state["shuffle_rng_state"]
+        for i, rng_state in layer_rng_states.items():
+            drawing[int(i)].rng.bit_generator.state = rng_state
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path}: corrupt training state ({type(exc).__name__}: {exc})") from None
+
+
+def _drawing_layers(net):
+    """(index, layer) of the layers with their own random generator (``layer.rng``, e.g. Dropout)."""
+    return [(i, layer) for i, layer in enumerate(net.layers) if getattr(layer, "rng", None) is not None]

@@ -10,9 +10,11 @@ import copy
 import math
 import signal
 import threading
+import time
 
 import numpy as np
 
+from ..schedules import scheduled_lr
 from . import checkpoint, device_epoch
 from .progress import EpochTimer, Progress
 
@@ -69,7 +71,7 @@ def stop_on_signals(fallback_checkpoint, signals=(signal.SIGINT, signal.SIGTERM)
 
 class Trainer:
     def __init__(self, net, xd, yd, epochs, batch_size, optimizer, shuffle=True, verbose=True,
-                 checkpoint_path=None, every=None):
+                 checkpoint_path=None, every=None, schedule=None, callbacks=()):
         self.net, self.xd, self.yd = net, xd, yd
         self.n, self.epochs, self.batch_size = xd.shape[0], epochs, batch_size
         self.optimizer, self.shuffle, self.verbose = optimizer, shuffle, verbose
@@ -77,23 +79,48 @@ class Trainer:
         self.epoch, self.step = 0, 0                 # next epoch to run, steps done in it
         self.cost_sum, self.correct = 0.0, 0         # running sums of the current epoch
         self.epoch_rng_state = None                  # shuffle generator state at the epoch's start
-        self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "time": [], "lr": []}
+        self.schedule, self.base_lr = schedule, optimizer.lr     # the schedule sets optimizer.lr per epoch
+        self.callbacks, self.resumed = list(callbacks), False
         self.labels = yd.argmax(axis=1)              # once, not per step
         self.params = list(net.parameters())
         self.engine = device_epoch.engine_for(self) or HostEpoch(self)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, validation=None):
-        """validation: None or (x, one-hot rows, labels), already checked."""
-        while self.epoch < self.epochs:
+        """validation: None or (x, one-hot rows, labels), already checked.
+
+        Per epoch: the schedule's lr, the epoch on its engine, validation, history (with the epoch's
+        seconds and lr), a checkpoint, then the callbacks (one returning True stops training).
+        """
+        stop = False
+        for callback in self.callbacks:
+            callback.on_train_begin(self.net)
+            if self.resumed:
+                stop = bool(callback.resume_from(self.history)) or stop
+        while self.epoch < self.epochs and not stop:
             if self.step == 0:
                 self.epoch_rng_state = copy.deepcopy(self.net.shuffle_rng.bit_generator.state)
+            if self.schedule is not None:
+                self.optimizer.lr = scheduled_lr(self.schedule, self.epoch, self.base_lr, self.epochs)
+            self.epoch_started = time.perf_counter()
             timer, first = EpochTimer(), min(self.step * self.batch_size, self.n)
             self.engine.run_epoch(self.order())
             self._end_epoch(validation, timer.describe(self.n - first))
-            if self.epoch < self.epochs:
+            stop = self._callbacks_stop()
+            if self.epoch < self.epochs and not stop:
                 self.check_stop()
+        for callback in self.callbacks:
+            callback.on_train_end(self.net)
         return self.history
+
+    def _callbacks_stop(self):
+        """Every callback sees the epoch just ended; True when one of them asks to stop."""
+        logs = {key: values[-1] for key, values in self.history.items() if values}
+        stop = False
+        for callback in self.callbacks:
+            stop = bool(callback.on_epoch_end(self.epoch - 1, logs, self.net)) or stop
+        return stop
 
     def order(self):
         """This epoch's permutation (NumPy), drawn from the generator state saved at the epoch's start."""
@@ -137,6 +164,8 @@ class Trainer:
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
+        h["time"].append(time.perf_counter() - self.epoch_started)
+        h["lr"].append(self.optimizer.lr)
         if timing:
             line += f" ({timing})"
         if self.verbose:
@@ -149,7 +178,8 @@ class Trainer:
     def signature(self):
         """What must match for a resume to continue the same run."""
         return {"n": self.n, "batch_size": self.batch_size, "epochs": self.epochs, "shuffle": self.shuffle,
-                **self.optimizer.hyperparameters()}
+                **self.optimizer.hyperparameters(), "lr": self.base_lr,
+                "lr_schedule": None if self.schedule is None else self.schedule.describe()}
 
     def save_checkpoint(self):
         self.engine.sync()
@@ -157,6 +187,7 @@ class Trainer:
 
     def resume(self, path):
         checkpoint.resume(self, path)
+        self.resumed = True
         self.engine.reload()
 
 
