@@ -326,3 +326,60 @@ def test_the_execution_path_trains_the_new_layers_as_the_layers_do(middle, monke
         n.train_step(n.backend.asarray(x), n.targets(y, 20), gpucnn.optim.SGD(0.5))
     for name, value in generic.get_arrays().items():
         np.testing.assert_allclose(net.get_arrays()[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+
+class FeatureScale(gpucnn.Layer):
+    """a = a_prev * W per feature; dW = sum over the batch of da * a_prev, da_prev = da * W."""
+
+    def __init__(self, features):
+        self.features = features
+        super().__init__()
+
+    def param_shapes(self):
+        return {"W": (self.features,)}
+
+    def initial_value(self, key, shape, rng):
+        return rng.uniform(0.5, 1.5, shape)
+
+    def forward(self, a_prev):
+        self.a_prev = a_prev
+        return a_prev * self.params["W"].value
+
+    def backward(self, da):
+        self.params["W"].grad = (da * self.a_prev).sum(axis=0)
+        return da * self.params["W"].value
+
+    def config(self):
+        return {"features": self.features}
+
+
+def test_a_registered_custom_layer_with_parameters_trains_saves_and_loads(tmp_path, rng):
+    """The recipe in gpucnn/layers/__init__.py, with a parameter: gradcheck, Adam, save, load."""
+    from gpucnn.layers import LAYER_TYPES
+    net = Network([Dense(5, 4), FeatureScale(4), ReLU(), Dense(4, 3)], input_shape=(5,), backend="numpy",
+                  loss="cross_entropy", dtype=np.float64)
+    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    _assert_gradcheck(gpucnn.gradcheck(net, x, y, inputs=True))
+    with pytest.raises(TypeError, match="register_layer"):
+        net.save(tmp_path / "m.npz")                              # unregistered: refused at save
+    gpucnn.register_layer(FeatureScale)
+    try:
+        net.fit(x, y, epochs=2, batch_size=3, optimizer="adam", lr=0.01, verbose=False)
+        net.save(tmp_path / "m.npz")
+        loaded = gpucnn.load(tmp_path / "m.npz", backend="numpy")
+        np.testing.assert_array_equal(loaded.layers[1].params["W"].value,
+                                      net.layers[1].params["W"].value.astype(np.float32))
+    finally:
+        LAYER_TYPES.pop("FeatureScale")
+
+
+def test_deepcopy_keeps_running_statistics_and_the_dropout_generator(digits):
+    import copy
+    net = _modern(np.float32)
+    net.cost(digits[0][:8], digits[1][:8])                       # moves the statistics, draws a mask
+    twin = copy.deepcopy(net)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(twin.layers[1].buffers[key], net.layers[1].buffers[key])
+    assert twin.layers[1].buffers["running_mean"] is not net.layers[1].buffers["running_mean"]
+    np.testing.assert_array_equal(to_numpy(twin.forward(digits[0][8:12])), to_numpy(net.forward(digits[0][8:12])))
