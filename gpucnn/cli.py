@@ -14,7 +14,6 @@ from .backend import backend_info
 from .errors import GpucnnError
 from .network import load, seed_network
 from .optim import SGD
-from .serialization import check_output_path
 from .validation import check_positive_int
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERNAL = 2, 1, 3
@@ -90,16 +89,6 @@ def _check_train_args(args):
     SGD(args.lr, args.momentum, args.weight_decay)
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint PATH")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative int, got {args.seed}")
-    # output paths before the training whose result they would lose (serialization.check_output_path)
-    check_output_path(args.model, "model file (--model)")
-    if args.checkpoint:
-        check_output_path(args.checkpoint, "checkpoint (--checkpoint)")
-    if args.resume and not os.path.exists(args.checkpoint):
-        print(f"gpucnn: no checkpoint at {os.path.abspath(args.checkpoint)} yet: training from scratch "
-              "(it is written there as training goes)", file=sys.stderr, flush=True)
-        args.resume = False
 
 
 def cmd_train(args):

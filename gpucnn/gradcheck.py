@@ -10,7 +10,7 @@ ReLU inputs near 0) the step is shrunk until both sides take the same branch.
 import sys
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import layers as L
 from .backend import to_numpy

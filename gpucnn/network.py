@@ -113,7 +113,16 @@ class Network:
     def forward(self, x):
         """x (n, *input_shape) -> output (n, classes), caching what backward needs."""
         check_inputs(x, self.input_shape)
-        return self._forward(self.backend.asarray(x, self.dtype))
+        a = self.backend.asarray(x, self.dtype)
+        plan = self._plan()
+        if plan is not None:                       # the fused plan keeps what its backward needs
+            self.out = plan.forward(a, keep=True)
+            return self.out
+        return self._forward(a)
+
+    def _plan(self):
+        """The fused plan when it can run the network now (a layer's mode may rule it out), else None."""
+        return self._fast if self._fast is not None and self._fast.available() is None else None
 
     def _forward(self, a):
         for layer in self.layers:
@@ -128,6 +137,8 @@ class Network:
         return self._backward(self.targets(y, self.out.shape[0]))
 
     def _backward(self, y1, need_dx=True):
+        if self._fast is not None and self._fast.holds(self.out):     # the last forward was the plan's
+            return self._fast.backward(y1, need_dx)
         grad = self.loss.gradient(self.backend.xp, self.out, y1)
         for layer in reversed(self.layers[1:]):
             grad = layer.backward(grad)
@@ -202,8 +213,9 @@ class Network:
 
         Returns (batch cost, output). A non-finite cost skips the update.
         """
-        if self._fast is not None:
-            return self._fast.train_step(xb, y1, optimizer)
+        plan = self._plan()
+        if plan is not None:
+            return plan.train_step(xb, y1, optimizer)
         out = self._forward(xb)
         cost = self.loss.cost(self.backend.xp, out, y1)
         if math.isfinite(cost):
@@ -293,7 +305,8 @@ class Network:
     def _infer(self, x):
         """Output for a checked batch, through the fast path when there is one (no caches kept)."""
         a = self.backend.asarray(x, self.dtype)
-        return self._fast.forward(a) if self._fast is not None else self._forward(a)
+        plan = self._plan()
+        return plan.forward(a) if plan is not None else self._forward(a)
 
     def predict(self, x, batch_size=1024):
         """Predicted labels (n,) int64 (eval mode)."""
@@ -359,13 +372,6 @@ class Network:
     def save(self, path):
         serialization.save(self, path)
 
-    def __reduce__(self):
-        """Pickling (multiprocessing, joblib) carries what a model file holds plus the backend name,
-        seed, dtype, mode and shuffle state; unpickling rebuilds and checks it as ``load`` does."""
-        serialization.check_registered(self, "pickle")
-        return (_unpickle, (self.architecture(), self.get_arrays(), self.backend.name, self.seed,
-                            self.dtype.name, self.training, self.shuffle_rng.bit_generator.state))
-
 
 def _check_distinct(layers):
     """The same layer instance twice in one network would share its caches: the first use's backward
@@ -386,14 +392,6 @@ def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     return int(seed)
-
-
-def _unpickle(description, arrays, backend, seed, dtype, training, shuffle_state):
-    layers, loss, input_shape = serialization.layers_from(description)
-    net = Network(layers, loss=loss, backend=backend, seed=seed, input_shape=input_shape, dtype=dtype)
-    serialization.assign_arrays(net, arrays, "pickled network")
-    net.shuffle_rng.bit_generator.state = shuffle_state
-    return net.train(training)
 
 
 def build_network(description, backend=None, arrays=None, path="model"):

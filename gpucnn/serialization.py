@@ -37,7 +37,11 @@ def save(net, path, extra=None):
 
     The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600.
     """
-    check_registered(net, "save")
+    for i, layer in enumerate(net.layers):
+        if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
+            raise TypeError(f"cannot save layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
+                            "registered, so load() could not rebuild it; decorate the class with "
+                            "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
     path = check_output_path(path, "checkpoint" if extra else "model file")
     arrays = net.get_arrays()
     description = {"format": FORMAT, **net.architecture()}
@@ -46,15 +50,6 @@ def save(net, path, extra=None):
         arrays[key] = value
     with sigterm_deferred():
         _write_atomically(arrays, path)
-
-
-def check_registered(net, what="save"):
-    """Every layer's class must be registered, or load() (and unpickling) could not rebuild it."""
-    for i, layer in enumerate(net.layers):
-        if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
-            raise TypeError(f"cannot {what} layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
-                            "registered, so load() could not rebuild it; decorate the class with "
-                            "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
 
 
 def _write_atomically(arrays, path):
@@ -188,7 +183,7 @@ def describe_path(path):
     """What is at path when it is not a regular file: 'a directory', 'a FIFO (named pipe)', ... or None."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:                  # missing, a file used as a directory, no permission to look
+    except FileNotFoundError:
         return "a broken symlink" if os.path.islink(path) else None
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -1,9 +1,15 @@
 """Shared fixtures: the backend parametrisation and the one tolerance table."""
+import os
+
 import numpy as np
 import pytest
 
 import gpucnn
 from gpucnn.errors import BackendUnavailable
+
+# The suite runs the fused CPU plan strictly: a NumPy float32 network holding a library layer with no
+# fused stage (and no stated reason) raises instead of silently taking the slow path.
+os.environ.setdefault("GPUCNN_FAST", "strict")
 
 # One tolerance table for the whole suite (STYLE.md): float32 vs the float64/NumPy reference.
 TOL = {

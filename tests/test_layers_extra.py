@@ -383,18 +383,3 @@ def test_deepcopy_keeps_running_statistics_and_the_dropout_generator(digits):
         np.testing.assert_array_equal(twin.layers[1].buffers[key], net.layers[1].buffers[key])
     assert twin.layers[1].buffers["running_mean"] is not net.layers[1].buffers["running_mean"]
     np.testing.assert_array_equal(to_numpy(twin.forward(digits[0][8:12])), to_numpy(net.forward(digits[0][8:12])))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("settings", [dict(sanitizer="address"),
-                                      dict(sanitizer="thread", workers=2, order="random", seed=3)],
-                         ids=["address", "thread"])
-def test_avgpool_kernels_are_clean_under_the_sanitizers(settings, rng):
-    """AddressSanitizer (reads past a window) and ThreadSanitizer (races between blocks), overlapping
-    windows: no report, and the reference's result."""
-    from gpucnn import emulator
-    x = rng.standard_normal((2, 1, 9, 7)).astype(np.float32)
-    delta = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
-    with emulator.settings(**settings):
-        a, da_prev = _run_avgpool(get_backend("emulated"), x, delta, 3, 2)
-    _check_avgpool(a, da_prev, x, delta, 3, 2, settings["sanitizer"])

@@ -49,57 +49,42 @@ import os
 
 import numpy as np
 
-from .. import layers as L
 from ..errors import GpucnnError
-from .common import ACTIVATIONS, THREAD_MIN, Plan
-from .convstack import ConvStackPlan
-from .seed import SeedPlan
+from .common import THREAD_MIN, Plan
+from .plan import StagePlan
+from .stages import NO_STAGE, STAGES
 
-__all__ = ["plan_for", "NoPlan", "SeedPlan", "ConvStackPlan", "Plan", "THREAD_MIN"]
+__all__ = ["plan_for", "NoPlan", "StagePlan", "Plan", "STAGES", "THREAD_MIN"]
+
+
+class NoPlan(GpucnnError, RuntimeError):
+    """GPUCNN_FAST=strict and no fused plan covers a NumPy float32 network that one should cover."""
 
 
 def plan_for(net):
-    """-> (plan, None) when a fast plan covers ``net``, else (None, the reason); then the generic path runs.
+    """-> (plan, None) when a fused plan covers ``net``, else (None, the reason); then the generic path runs.
 
-    ``GPUCNN_FAST=strict`` (the tests use it) raises NoPlan instead of falling back, so a pattern that
-    should be fast and is not fails loudly; ``GPUCNN_FAST=off`` always runs the generic path.
+    ``GPUCNN_FAST=strict`` (the tests use it) raises NoPlan instead of falling back when a NumPy float32
+    network holds a library layer that has no stage and no stated reason (NO_STAGE), so a layer type
+    added without its stage fails loudly; ``GPUCNN_FAST=off`` always runs the generic path.
     """
     mode = os.environ.get("GPUCNN_FAST", "auto").lower()
     if mode == "off":
         return None, "GPUCNN_FAST=off"
-    blocks, reason = _conv_blocks(net)
-    if blocks is None:
-        if mode == "strict" and net.backend.name == "numpy" and net.dtype == np.float32:
-            raise NoPlan(f"no fused CPU plan for this network: {reason} (GPUCNN_FAST=strict)")
-        return None, reason
-    if len(blocks) == 1 and blocks[0].in_channels == 1 and blocks[0].out_channels <= 8:
-        return SeedPlan(net), None
-    return ConvStackPlan(net, len(blocks)), None
-
-
-class NoPlan(GpucnnError, RuntimeError):
-    """GPUCNN_FAST=strict and no fused plan covers the network."""
-
-
-def _conv_blocks(net):
-    """(the Conv2D layers of [conv -> act -> pool 2] x k -> flatten -> dense -> [act], None), or
-    (None, why not)."""
-    layers = net.layers
     if net.backend.name != "numpy":
         return None, f"the fused CPU plans run on the numpy backend, this is {net.backend.name!r}"
     if net.dtype != np.float32:
         return None, f"the fused CPU plans run float32, this network is {net.dtype.name}"
-    convs, i = [], 0
-    while i + 3 <= len(layers) and isinstance(layers[i], L.Conv2D):
-        conv, act, pool = layers[i:i + 3]
-        if not (conv.stride == 1 and conv.padding == (0, 0) and type(act) in ACTIVATIONS
-                and isinstance(pool, L.MaxPool2D) and pool.size == 2 and pool.stride == 2):
-            return None, (f"layers {i}-{i + 2} are not conv(stride 1, no padding) -> activation -> "
-                          "max-pool 2")
-        convs.append(conv)
-        i += 3
-    tail = layers[i:]
-    if not convs or len(tail) not in (2, 3) or not isinstance(tail[0], L.Flatten) \
-            or not isinstance(tail[1], L.Dense) or (len(tail) == 3 and type(tail[2]) not in ACTIVATIONS):
-        return None, f"the layers from {i} on are not flatten -> dense -> [activation]"
-    return convs, None
+    for i, layer in enumerate(net.layers):
+        name = type(layer).__name__
+        if name in STAGES and type(layer).__module__.startswith("gpucnn."):
+            continue
+        if name in NO_STAGE:
+            return None, f"layer {i} {name} has no fused stage: {NO_STAGE[name]}"
+        reason = f"layer {i} {name} has no fused stage"
+        if not type(layer).__module__.startswith("gpucnn."):
+            return None, reason + " (a custom layer)"
+        if mode == "strict":
+            raise NoPlan(f"no fused CPU plan for this network: {reason} (GPUCNN_FAST=strict)")
+        return None, reason
+    return StagePlan(net), None

@@ -14,19 +14,19 @@ and these functions check the CUDA kernels (tests/test_backends.py).
 NOTE: clarity first. A vectorised fast path may live elsewhere; it is checked against this file.
 """
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from .lowering import first_max, pad, pool_taps, route_to_argmax, windows
 
 
+# The conv lowering and the pooling route are written once, in lowering.py: the fused CPU plans
+# (gpucnn/fast/) call the same functions channel-last.
 def _pad(x, padding):
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    return pad(x, padding, axes=(2, 3))
 
 
 def _windows(x, kh, kw, stride):
     """View of every (kh, kw) window of x at the given stride: (n, c, oh, ow, kh, kw). No copy."""
-    return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows(x, kh, kw, stride, axes=(2, 3))
 
 
 def conv2d_forward(x, W, b, stride, padding):
@@ -94,11 +94,7 @@ def maxpool2d_forward(x, size, stride):
     Subnormals compare, and come out, as zeros of their sign (``flush_subnormals``): a GPU compiled
     with -ftz=true sees them so, and every backend must pick the same argmax.
     """
-    windows = _windows(flush_subnormals(x), size, size, stride)
-    n, c, oh, ow = windows.shape[:4]
-    flat = windows.reshape(n, c, oh, ow, size * size)
-    argmax = flat.argmax(axis=-1).astype(np.int32)
-    a = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
+    a, argmax = first_max(pool_taps(flush_subnormals(x), size, stride, axes=(2, 3)))
     return np.ascontiguousarray(a), argmax
 
 
@@ -107,13 +103,9 @@ def maxpool2d_backward(delta, argmax, x_shape, size, stride):
 
     delta, argmax (n, c, oh, ow), x_shape (h, w) -> da_prev (n, c, h, w)
     """
-    n, c, oh, ow = delta.shape
-    h, w = x_shape
-    da_prev = np.zeros((n, c, h, w), dtype=delta.dtype)
-    for k in range(size * size):
-        i, j = divmod(k, size)
-        routed = np.where(argmax == k, delta, 0)
-        da_prev[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += routed
+    n, c = delta.shape[:2]
+    da_prev = np.zeros((n, c, *x_shape), dtype=delta.dtype)
+    route_to_argmax(delta, argmax, pool_taps(da_prev, size, stride, axes=(2, 3)))
     return da_prev
 
 

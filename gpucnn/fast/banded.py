@@ -1,0 +1,147 @@
+"""BandedConvPoolStage: conv(1 -> f <= 8, stride 1, no padding) -> activation -> max-pool 2, as one stage.
+
+The seed network's block. Its conv has one input channel and a handful of kernels, so im2col's
+matmul (m*oh*ow, kh*kw) @ (kh*kw, f) is thin and its copy runs in kw-float pieces; here the same
+lowering (lowering.windows) cuts wider windows and the kernel becomes a banded matrix:
+
+  1. im2row: R[(dy, m, py, blk), (i, u)] = x[m, 2*py + dy + i, blk*bw + u] (windows of kh x uw at
+     strides (2, bw), uw = bw + kw - 1), one strided copy per dy; R has one more column of ones.
+  2. zt = Tt @ R^T with the banded Tt[(dx, f, pv), (i, u)] = W[f, 0, i, u - (2*pv + dx)] (zero off
+     the band; last column b): ONE (f*bw, kh*uw + 1) @ (kh*uw + 1, 2*m*poh*nb) matmul. The band wastes
+     (bw + kw - 1) / kw of the flops and still wins. zt is channel-major (rows (dx, f, pv), columns
+     (dy, m, py, blk)), so each of the 4 taps of a 2x2 pooling window is a 2-D block of zt with long
+     contiguous rows.
+  3. a = the activation's sigma_scaled in place (its prescale folded into Tt: a power of 2, exact),
+     the pool = lowering.first_max over the 4 blocks, handed on channel-last (m, poh, pow, f).
+  4. backward: the activation's prime only at the argmax (a function of the pooled value),
+     lowering.route_to_argmax into delta_t; Gt = delta_t @ R; dW = the sums of Gt along the band's
+     diagonals, db = its last column summed. dC/dx (only for Network.backward, never in training) =
+     R's gradient Tt^T delta_t added back at the windows.
+
+NOTE: outputs and gradients equal the reference's to float32 rounding, not bit for bit (the conv
+sums its products in another order). Pooling ties that are exact in z (blank background: z = b)
+are exact here too and resolve the same way; a near tie a rounding apart may resolve differently.
+"""
+import numpy as np
+
+from ..ops import lowering
+from .stages import PRIME_FROM_OUTPUT, Stage
+
+
+class BandedConvPoolStage(Stage):
+    """Layers i..i+2 = conv(1 -> f) -> activation -> max-pool 2; parts under the conv's index.
+
+    Layouts of a chunk of m images (pv: pooled column inside a block; sp = m*poh*nb):
+        R   (2*sp, K+1)  rows (dy, m, py, blk), columns (i, u) and a column of ones: im2row of x
+        Tt  (N, K+1)     rows (dx, f, pv): the banded conv matrix, transposed, and the bias
+        zt  (N, 2*sp)    = Tt @ R^T; tap (dy, dx) of every window = zt[dx*q:(dx+1)*q, dy*sp:(dy+1)*sp]
+        pt  (q, sp)      pooled, q = f*pv rows (f, pv), columns (m, py, blk)
+    """
+    owns_output = False                   # its backward reads the pooled values
+
+    @staticmethod
+    def matches(layers, i, in_shape):
+        if i + 3 > len(layers) or len(in_shape) != 3 or in_shape[2] != 1:
+            return False
+        conv, act, pool = layers[i:i + 3]
+        return (type(conv).__name__ == "Conv2D" and conv.out_channels <= 8 and conv.stride == 1
+                and conv.padding == (0, 0) and type(act).__name__ in PRIME_FROM_OUTPUT
+                and type(pool).__name__ == "MaxPool2D" and pool.size == 2 and pool.stride == 2)
+
+    def __init__(self, layers, index, in_shape):
+        conv, act, _ = layers
+        super().__init__(conv, index, in_shape)
+        self.act = type(act)
+        self.h, self.w, _ = in_shape
+        f, _, kh, kw = conv.param_shapes()["W"]
+        self.f, self.kh, self.kw = f, kh, kw
+        self.poh, self.pow = (self.h - kh + 1) // 2, (self.w - kw + 1) // 2
+        ow = 2 * self.pow                                        # the columns the pool reads
+        self.bw = next(b for b in (8, 6, 4, 2) if ow % b == 0)
+        self.nb, self.pv = ow // self.bw, self.bw // 2
+        self.uw = self.bw + kw - 1
+        self.K, self.N, self.q = kh * self.uw, f * self.bw, f * self.pv
+        self.out_shape = (self.poh, self.pow, f)
+        self.flops = self.gemm = self.N * (self.K + 1) * 2 * self.poh * self.nb
+        self.floats = 2 * self.poh * self.nb * (self.K + 1 + 2 * self.N)
+        self._band_index()
+
+    def _band_index(self):
+        """Where each W[f, 0, i, j] goes in Tt (N, K), and which Tt entries sum back to dW."""
+        f_, i_, j_, dx, pv = np.meshgrid(np.arange(self.f), np.arange(self.kh), np.arange(self.kw),
+                                         np.arange(2), np.arange(self.pv), indexing="ij")
+        rows = (dx * self.f + f_) * self.pv + pv                             # (dx, f, pv)
+        cols = i_ * self.uw + 2 * pv + dx + j_                               # (i, u = v + j)
+        self.band_flat = (rows * (self.K + 1) + cols).reshape(-1)            # (f, kh, kw, 2, pv)
+        self.band_w = (f_ * self.kh * self.kw + i_ * self.kw + j_).reshape(-1)   # into W.ravel()
+        self.bias_rows = np.tile(np.repeat(np.arange(self.f), self.pv), 2)   # row (dx, f, pv) -> f
+
+    def params(self, p):
+        """Tt with the activation's prescale folded in (exact: a power of 2), and without (for dC/dx).
+        Tt's last column is the bias and R's last column is 1: the matmul adds b, and the same column
+        of Gt = delta_t @ R is the bias gradient."""
+        W, b = self.layer.W, self.layer.b
+        Tt = np.zeros((self.N, self.K + 1), np.float32)                      # off-band stays 0
+        Tt.flat[self.band_flat] = W.reshape(-1).take(self.band_w)
+        Tt[:, self.K] = b.take(self.bias_rows)
+        p[self.key("Tt1")] = Tt
+        p[self.key("Tt")] = Tt * self.act.prescale if self.act.prescale != 1.0 else Tt
+
+    def _taps(self, zt, sp):
+        q = self.q
+        return [zt[dx * q:(dx + 1) * q, dy * sp:(dy + 1) * sp] for dy in (0, 1) for dx in (0, 1)]
+
+    def forward(self, chunk, a, p):
+        m, K = a.shape[0], self.K
+        sp = m * self.poh * self.nb                  # columns of one tap: (m, py, blk)
+        x = a.reshape(m, self.h, self.w)
+        R = chunk.keep(self.key("R"), (2 * sp, K + 1))
+        R[:, K] = 1.0                                # the bias column (the buffer may be reused)
+        for dy in (0, 1):                            # 1. im2row, rows (dy, m, py, blk)
+            win = lowering.windows(x[:, dy:], self.kh, self.uw, (2, self.bw), axes=(1, 2))
+            np.copyto(R[dy * sp:(dy + 1) * sp, :K].reshape(m, self.poh, self.nb, self.kh, self.uw),
+                      win[:, :self.poh, :self.nb])
+        zt = chunk.keep(self.key("zt"), (self.N, 2 * sp))
+        np.matmul(p[self.key("Tt")], R.T, out=zt)    # 2. zt = Tt @ R^T (+ b, R's column of ones)
+        self.act.sigma_scaled(np, zt, out=zt)        # 3. a = sigma(z) in place, then the pool
+        pt = chunk.keep(self.key("pt"), (self.q, sp))
+        argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
+        lowering.first_max(self._taps(zt, sp), pt, argmax)
+        pooled = chunk.keep(self.key("p"), (m, self.poh, self.nb, self.pv, self.f))
+        np.copyto(pooled, pt.reshape(self.f, self.pv, m, self.poh, self.nb).transpose(2, 3, 4, 1, 0))
+        chunk.cache[self.index] = (R, pt, argmax, m)
+        return pooled.reshape(m, self.poh, self.pow, self.f)
+
+    def backward(self, chunk, dp, p, parts, need_da):
+        R, pt, argmax, m = chunk.cache[self.index]
+        sp = m * self.poh * self.nb
+        pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
+        dp5 = dp.reshape(m, self.poh, self.nb, self.pv, self.f).transpose(4, 3, 0, 1, 2)
+        dz_max = (dp5 * self.act.prime(pt5, pt5)).reshape(self.q, sp)     # sigma' at the argmax only
+        delta_t = chunk.buf(self.key("delta_t"), (self.N, 2 * sp))      # the 4 taps cover it
+        lowering.route_to_argmax(dz_max, argmax, self._taps(delta_t, sp), fresh=True)
+        parts[self.key("Gt")] = delta_t @ R          # (N, K + 1); its last column sums delta: db
+        return self._dx(delta_t, p[self.key("Tt1")], m, sp) if need_da else None
+
+    def _dx(self, delta_t, Tt, m, sp):
+        """dC/dx (m, h, w, 1): dR = delta_t^T Tt, each R entry's gradient added back at its pixel."""
+        dR = delta_t.T @ Tt                          # (2*sp, K + 1), rows (dy, m, py, blk)
+        bw, nb = self.bw, self.nb
+        dx = np.zeros((m, self.h, nb * bw + self.uw + bw), np.float32)
+        for dy in (0, 1):
+            block = dR[dy * sp:(dy + 1) * sp, :self.K].reshape(m, self.poh, nb, self.kh, self.uw)
+            for i in range(self.kh):
+                rows = dx[:, dy + i:dy + i + 2 * (self.poh - 1) + 1:2]           # (m, poh, width)
+                # columns blk*bw + u, bw columns u at a time: blocks overlap by kw - 1 columns
+                for u in range(0, self.uw, bw):
+                    cols = rows[:, :, u:u + nb * bw].reshape(m, self.poh, nb, bw)
+                    part = block[:, :, :, i, u:u + bw]
+                    cols[..., :part.shape[-1]] += part
+        return dx[:, :, :self.w].reshape(m, self.h, self.w, 1)
+
+    def store(self, total):
+        """Sum the band diagonals of Gt into dW (f, 1, kh, kw), its last column into db."""
+        Gt = total[self.key("Gt")]
+        dW = Gt.reshape(-1).take(self.band_flat).reshape(self.f, self.kh, self.kw, -1)
+        self.layer.params["W"].grad = dW.sum(axis=-1).reshape(self.f, 1, self.kh, self.kw)
+        self.layer.params["b"].grad = Gt[:, self.K].reshape(2, self.f, self.pv).sum(axis=(0, 2))

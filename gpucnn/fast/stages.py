@@ -1,0 +1,383 @@
+"""One fused stage per layer type, each built from that layer's own primitives.
+
+A stage works on a chunk of m images in the plan's layout: channel-last (m, h, w, c) for maps, (m, d)
+for vectors. ``forward(chunk, a, params) -> a`` keeps in ``chunk.cache[index]`` what its backward needs;
+``backward(chunk, da, params, parts, need_da) -> da_prev`` adds its gradient parts to ``parts`` under
+``"<index>.<key>"``; ``params(p)`` adds this step's parameters in the stage's layouts; ``store(total)``
+writes the summed parts back to the layer's Parameter.grad in the layer's own shapes.
+
+Where each piece of math comes from (one definition each):
+    conv lowering, pooling route   gpucnn/ops/lowering.py (windows, pool_taps, first_max, route_to_argmax)
+    sigma, sigma'                  the layer class's sigma / sigma_scaled / prime (layers/activations.py)
+    dense                          layers/dense.py dense_forward / dense_backward
+    average pooling                ops/reference.py avgpool2d_forward / _backward (on channel-last views)
+    loss gradient                  the network's loss object, ``gradient(xp, out, y1, n=)`` (common.py)
+
+Fusions the plan makes between neighbours (``build`` in __init__.py):
+    * an activation's prescale (Sigmoid: 0.5 z) folded into the conv or dense weights before it
+      (a power of 2: exact), so the activation runs sigma_scaled in place;
+    * conv -> activation -> max-pool: the conv computes only the rows and columns the pool reads, and
+      sigma' is evaluated only at each window's argmax (from the pooled value, which is the output
+      there) - a quarter of the positions for a 2x2 pool;
+    * Flatten's channel-last order absorbed into the next dense layer's columns (a permutation).
+"""
+import math
+
+import numpy as np
+
+from .. import layers as L
+from ..layers.dense import dense_backward, dense_forward
+from ..ops import lowering, reference
+
+# Activations whose sigma'(z) is a function of the output a alone (ReLU: [z > 0] = [a > 0]), so a
+# stage may pass a for z and needs no copy of z.
+PRIME_FROM_OUTPUT = ("Sigmoid", "Tanh", "ReLU")
+
+
+class Stage:
+    """Base: identity shape, no parameters, output owned by the plan (the next stage may overwrite it)."""
+    owns_output = True
+    flops = 0                    # multiply-adds per image (a forward), for the plan's thread rule
+    floats = 0                   # scratch floats per image, for the chunk size
+    gemm = 0                     # the largest matmul's m*n*k per image (the OpenBLAS guard rule)
+
+    def __init__(self, layer, index, in_shape):
+        self.layer, self.index, self.in_shape = layer, index, in_shape
+        self.out_shape = in_shape
+
+    def available(self):
+        return None
+
+    def params(self, p):
+        pass
+
+    def store(self, total):
+        pass
+
+    def key(self, name):
+        return f"{self.index}.{name}"
+
+
+class ConvStage(Stage):
+    """Conv2D as im2col (lowering.windows, channel-last) and one matmul: z = C Wm + b.
+
+    C (m*oh*ow, kh*kw*c) rows (m, y, x), columns (i, j, c); Wm (kh*kw*c, f). Backward: dW = C^T delta,
+    db = delta summed, da_prev = sum over taps (i, j) of delta W[:, :, i, j] added at offset (i, j).
+    """
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        h, w, c = in_shape
+        (self.kh, self.kw), (self.ph, self.pw), self.stride = layer.kernel_size, layer.padding, layer.stride
+        self.f = layer.out_channels
+        self.full = (L.conv_outsize(h, self.kh, self.ph, self.stride),
+                     L.conv_outsize(w, self.kw, self.pw, self.stride))
+        self.crop(*self.full)
+        self.prescale = 1.0
+
+    def crop(self, oh, ow, block=None):
+        """Compute only output rows < oh and columns < ow (what a max-pool after it reads).
+
+        ``block`` = s: a non-overlapping s x s max-pool follows, so C's rows (and z's) are put in
+        tap-major order (dy, dx, m, py, px): each tap of every pooling window is then one contiguous
+        (m*poh*pow, f) block of z, and z comes out as (s*s, m*poh*pow, f).
+        """
+        h, w, c = self.in_shape
+        self.oh, self.ow, self.block = oh, ow, block
+        self.out_shape = (oh, ow, self.f)
+        K = self.kh * self.kw * c
+        self.flops = oh * ow * K * self.f
+        self.gemm = self.flops
+        self.floats = oh * ow * (K + 2 * self.f) + (h + 2 * self.ph) * (w + 2 * self.pw) * c
+        # the im2col copy runs fastest along its longest contiguous run: kw*c floats in C's rows, or
+        # (for a thin input, c = 1) along the output columns in C^T's rows
+        self.transposed = self.kw * c < 8
+
+    def params(self, p):
+        W, b = self.layer.W, self.layer.b
+        f, c = W.shape[:2]
+        Wm = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(-1, f)
+        p[self.key("Wm")] = Wm * self.prescale if self.prescale != 1.0 else Wm
+        p[self.key("b")] = b * self.prescale if self.prescale != 1.0 else b
+        p[self.key("W_taps")] = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
+
+    def _rows(self, view, m):
+        """(m, oh, ow, ...) -> the same array with C's row order: (m, oh, ow, ...) or, blocked,
+        (dy, dx, m, py, px, ...). A view."""
+        if self.block is None:
+            return view
+        s = self.block
+        rest = view.shape[3:]
+        split = view.reshape(m, self.oh // s, s, self.ow // s, s, *rest)
+        return split.transpose(2, 4, 0, 1, 3, *range(5, 5 + len(rest)))
+
+    def _im2col(self, chunk, a):
+        """a (m, h, w, c) -> C (m*oh*ow, kh*kw*c) in scratch (a transposed view when the copy runs
+        along C^T): one strided copy of lowering.windows."""
+        m = a.shape[0]
+        h, w, c = self.in_shape
+        if self.ph or self.pw:
+            padded = chunk.buf(self.key("pad"), (m, h + 2 * self.ph, w + 2 * self.pw, c))
+            padded.fill(0)
+            padded[:, self.ph:self.ph + h, self.pw:self.pw + w] = a
+            a = padded
+        win = lowering.windows(a, self.kh, self.kw, self.stride, axes=(1, 2))  # (m, oh, ow, c, kh, kw)
+        rows = self._rows(win[:, :self.oh, :self.ow], m)                        # (rows..., c, kh, kw)
+        r = rows.ndim - 3
+        M, K = m * self.oh * self.ow, self.kh * self.kw * c
+        if self.transposed:
+            CT = chunk.buf(self.key("C"), (K, M))
+            np.copyto(CT.reshape(self.kh, self.kw, c, *rows.shape[:r]),
+                      rows.transpose(r + 1, r + 2, r, *range(r)))
+            return CT.T
+        C = chunk.buf(self.key("C"), (M, K))
+        np.copyto(C.reshape(*rows.shape[:r], self.kh, self.kw, c), rows.transpose(*range(r), r + 1, r + 2, r))
+        return C
+
+    def forward(self, chunk, a, p):
+        C = self._im2col(chunk, a)
+        z = chunk.keep(self.key("z"), (C.shape[0], self.f))
+        np.matmul(C, p[self.key("Wm")], out=z)
+        np.add(z, p[self.key("b")], out=z)
+        # the kept forward (Network.forward) keeps the input, not C: backward lowers it again
+        chunk.cache[self.index] = (a, C if chunk.kept is None else None)
+        if self.block is not None:
+            return z.reshape(self.block * self.block, -1, self.f)
+        return z.reshape(a.shape[0], self.oh, self.ow, self.f)
+
+    def backward(self, chunk, delta, p, parts, need_da):
+        a, C = chunk.cache[self.index]
+        if C is None:
+            C = self._im2col(chunk, a)
+        d2 = delta.reshape(-1, self.f)
+        parts[self.key("W")] = C.T @ d2
+        parts[self.key("b")] = d2.sum(axis=0)
+        return self._col2im(chunk, d2, p[self.key("W_taps")], a.shape[0]) if need_da else None
+
+    def _col2im(self, chunk, d2, W_taps, m):
+        """dC/d(input) (m, h, w, c): one matmul per tap gives that tap's product contiguous, then one
+        add of it at the tap's offset."""
+        h, w, c = self.in_shape
+        oh, ow, s = self.oh, self.ow, self.stride
+        dC = chunk.buf(self.key("dC"), (self.kh * self.kw, d2.shape[0], c))
+        da = np.zeros((m, h + 2 * self.ph, w + 2 * self.pw, c), np.float32)
+        for t in range(self.kh * self.kw):
+            i, j = divmod(t, self.kw)
+            np.matmul(d2, W_taps[t], out=dC[t])
+            target = self._rows(da[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :], m)
+            target += dC[t].reshape(target.shape)
+        return da[:, self.ph:self.ph + h, self.pw:self.pw + w]
+
+    def store(self, total):
+        h, w, c = self.in_shape
+        G = total[self.key("W")].reshape(self.kh, self.kw, c, self.f)
+        self.layer.params["W"].grad = np.ascontiguousarray(G.transpose(3, 2, 0, 1))
+        self.layer.params["b"].grad = total[self.key("b")]
+
+
+class ActivationStage(Stage):
+    """a = sigma(z) in place (the layer class's sigma, or sigma_scaled when the prescale is folded
+    into the layer before); backward da * prime(a, z). ``pooled``: a max-pool after it applies
+    sigma' at its argmax instead (then this backward passes da through)."""
+    owns_output = False                   # its backward reads its output
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        self.cls = type(layer)
+        self.from_output = self.cls.__name__ in PRIME_FROM_OUTPUT
+        self.scaled = False               # the prescale is folded into the stage before
+        self.in_place = False             # the input is the plan's own array (set by the plan)
+        self.pooled = False
+
+    def forward(self, chunk, a, p):
+        z = None if self.from_output else np.copy(a)
+        out = a if self.in_place else chunk.keep(self.key("a"), a.shape)
+        if self.scaled:
+            self.cls.sigma_scaled(np, a, out=out)
+        else:
+            self.cls.sigma(np, a, out=out)
+        chunk.cache[self.index] = (out, z)
+        return out
+
+    def backward(self, chunk, da, p, parts, need_da):
+        if self.pooled:
+            return da
+        a, z = chunk.cache[self.index]
+        return da * self.cls.prime(a, a if z is None else z)
+
+
+class MaxPoolStage(Stage):
+    """Max-pool: lowering.first_max over the pool_taps views; backward lowering.route_to_argmax.
+
+    ``act``: the activation before it, when sigma' is applied here at the argmax only.
+    """
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        h, w, c = in_shape
+        self.size, self.stride = layer.size, layer.stride
+        self.out_shape = (L.conv_outsize(h, self.size, 0, self.stride),
+                          L.conv_outsize(w, self.size, 0, self.stride), c)
+        self.act = None
+        self.blocked = False              # the input comes tap-major, (s*s, m*poh*pow, c) (ConvStage.crop)
+        self.floats = 2 * h * w * c
+
+    def reads(self):
+        """The input rows and columns the windows read."""
+        poh, pow_, _ = self.out_shape
+        return (poh - 1) * self.stride + self.size, (pow_ - 1) * self.stride + self.size
+
+    def _taps(self, a):
+        if self.blocked:
+            return list(a)
+        return lowering.pool_taps(a, self.size, self.stride, axes=(1, 2))
+
+    def forward(self, chunk, a, p):
+        m = a.shape[0] if not self.blocked else a.shape[1] // (self.out_shape[0] * self.out_shape[1])
+        shape = (m, *self.out_shape)
+        pooled = chunk.keep(self.key("a"), shape)
+        argmax = chunk.keep(self.key("argmax"), shape, np.int8 if self.size * self.size < 128 else np.int32)
+        taps = self._taps(a)
+        lowering.first_max(taps, pooled.reshape(taps[0].shape), argmax.reshape(taps[0].shape))
+        chunk.cache[self.index] = (pooled, argmax)
+        return pooled
+
+    @property
+    def owns_output(self):
+        return self.act is None           # the fused sigma' reads the pooled values
+
+    def backward(self, chunk, da, p, parts, need_da):
+        pooled, argmax = chunk.cache[self.index]
+        if self.act is not None:          # sigma' at the argmax: a function of the output there
+            da = da * self.act.prime(pooled, pooled)
+        m = da.shape[0]
+        if self.blocked:
+            da_prev = chunk.buf(self.key("d"), (self.size * self.size, m * self.out_shape[0] * self.out_shape[1],
+                                                self.out_shape[2]))
+            da, argmax = da.reshape(da_prev.shape[1:]), argmax.reshape(da_prev.shape[1:])
+        else:
+            da_prev = chunk.buf(self.key("d"), (m, *self.in_shape))
+            da_prev.fill(0)
+        # blocked: the taps are the whole of da_prev, each entry written once
+        lowering.route_to_argmax(da, argmax, self._taps(da_prev), fresh=self.blocked)
+        return da_prev
+
+
+class AvgPoolStage(Stage):
+    """Average pooling: the reference op itself, on (m, c, h, w) views of the channel-last arrays."""
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        h, w, c = in_shape
+        self.size, self.stride = layer.size, layer.stride
+        self.out_shape = (L.conv_outsize(h, self.size, 0, self.stride),
+                          L.conv_outsize(w, self.size, 0, self.stride), c)
+
+    def forward(self, chunk, a, p):
+        return reference.avgpool2d_forward(a.transpose(0, 3, 1, 2), self.size, self.stride).transpose(0, 2, 3, 1)
+
+    def backward(self, chunk, da, p, parts, need_da):
+        h, w, _ = self.in_shape
+        return reference.avgpool2d_backward(da.transpose(0, 3, 1, 2), (h, w), self.size,
+                                            self.stride).transpose(0, 2, 3, 1)
+
+
+class PassStage(Stage):
+    """A stage that hands its input on: its output is the plan's only if its input was."""
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        self.owns_output = True           # set by the plan from the stage before
+
+
+class FlattenStage(PassStage):
+    """(m, h, w, c) -> (m, h*w*c) channel-last; the next dense layer's columns are permuted to match
+    (``perm``: channel-last position -> the reference's (c, h, w) position). ``reorder``: no dense
+    layer takes the permutation, so the rows are put in the reference's order here."""
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        self.out_shape = (math.prod(in_shape),)
+        self.reorder = False
+        self.perm = None
+        if len(in_shape) == 3 and in_shape[2] > 1 and in_shape[0] * in_shape[1] > 1:
+            h, w, c = in_shape
+            y, x, ch = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
+            self.perm = ((ch * h + y) * w + x).reshape(-1)
+
+    def forward(self, chunk, a, p):
+        m = a.shape[0]
+        if self.reorder:
+            return np.ascontiguousarray(a.transpose(0, 3, 1, 2)).reshape(m, -1)
+        return a.reshape(m, -1)
+
+    def backward(self, chunk, da, p, parts, need_da):
+        m = da.shape[0]
+        if self.reorder:
+            h, w, c = self.in_shape
+            return da.reshape(m, c, h, w).transpose(0, 2, 3, 1)
+        return da.reshape(m, *self.in_shape)
+
+
+class DenseStage(Stage):
+    """Dense through layers/dense.py's dense_forward / dense_backward; ``perm`` reorders its columns to a
+    channel-last Flatten before it; ``prescale`` folds the activation after it into W and b."""
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        self.out_shape = (layer.out_features,)
+        self.perm = self.unperm = None
+        self.prescale = 1.0
+        self.flops = self.gemm = layer.in_features * layer.out_features
+        self.floats = 2 * layer.out_features
+
+    def permute(self, perm):
+        self.perm, self.unperm = perm, np.argsort(perm)
+
+    def params(self, p):
+        W, b = self.layer.W, self.layer.b
+        Wp = W if self.perm is None else W.take(self.perm, axis=1)
+        p[self.key("W")] = Wp
+        p[self.key("Wf")] = Wp * self.prescale if self.prescale != 1.0 else Wp
+        p[self.key("bf")] = b * self.prescale if self.prescale != 1.0 else b
+
+    def forward(self, chunk, a, p):
+        chunk.cache[self.index] = a
+        return dense_forward(a, p[self.key("Wf")], p[self.key("bf")])
+
+    def backward(self, chunk, delta, p, parts, need_da):
+        dW, db, da = dense_backward(delta, chunk.cache[self.index], p[self.key("W")], need_da)
+        parts[self.key("W")], parts[self.key("b")] = dW, db
+        return da
+
+    def store(self, total):
+        dW = total[self.key("W")]
+        self.layer.params["W"].grad = dW if self.unperm is None else dW.take(self.unperm, axis=1)
+        self.layer.params["b"].grad = total[self.key("b")]
+
+
+class DropoutStage(PassStage):
+    """Dropout in eval mode (or p = 0) is the identity. In train mode the plan steps aside (``available``):
+    its masks are drawn over the whole batch from the layer's generator, which a chunked stage would
+    have to draw exactly as Dropout.forward does."""
+
+    def available(self):
+        if self.layer.training and self.layer.p > 0:
+            return f"layer {self.index} {self.layer!r} in train mode has no fused stage (eval mode has)"
+        return None
+
+    def forward(self, chunk, a, p):
+        return a
+
+    def backward(self, chunk, da, p, parts, need_da):
+        return da
+
+
+# layer class name -> stage class (library layers only; see plan_for). Adding a layer type = one entry.
+STAGES = {"Conv2D": ConvStage, "MaxPool2D": MaxPoolStage, "AvgPool2D": AvgPoolStage,
+          "Flatten": FlattenStage, "Dense": DenseStage, "Dropout": DropoutStage,
+          "Sigmoid": ActivationStage, "ReLU": ActivationStage, "Tanh": ActivationStage}
+
+# Library layers with no stage, and why (GPUCNN_FAST=strict accepts these and only these).
+NO_STAGE = {"BatchNorm2D": "its train-mode statistics span the whole batch, which the chunked plan "
+                           "does not see at once"}
