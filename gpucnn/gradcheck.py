@@ -10,13 +10,13 @@ ReLU inputs near 0) the step is shrunk until both sides take the same branch.
 import sys
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import layers as L
 from .backend import to_numpy
 from .network import Network
 from .optim import check_real
-from .validation import check_positive_int
+from .validation import check_inputs, check_positive_int
 
 
 def float64_copy(net):
@@ -47,6 +47,9 @@ def gradcheck(net, x, y, eps=1e-6, max_per_param=DEFAULT_MAX_PER_PARAM, seed=0, 
     ``inputs=True`` also checks dC/dx, the gradient ``backward`` returns, under the name 'x'.
     ``progress``: a bar on stderr (tqdm); None shows it on a terminal when over 2,000 entries are checked.
     """
+    if not isinstance(net, Network):
+        raise TypeError(f"gradcheck checks a gpucnn Network, got {type(net).__name__}")
+    check_inputs(x, net.input_shape)          # before the float64 copy is made of it
     eps = check_real(eps, "eps (the finite-difference step)", strict=True)
     if max_per_param is not None:
         max_per_param = check_positive_int(max_per_param, "max_per_param (or None for every entry)")

@@ -4,8 +4,19 @@ file is safe to load and a model saved on one backend loads on any other.
     architecture            JSON (a 0-d unicode array): layers, loss, input_shape, format version
     layers.<i>.<W|b>        float32 parameter arrays
 
-NOTE: files are read member by member through ``read_npy``, which checks each .npy header against the
-bytes that follow before allocating anything; any defect is a ModelFileError naming the file.
+What a model file may contain, and how far it is trusted (``read_model_file``):
+  - the path must be a regular file: a directory, FIFO, device or socket is named for what it is and
+    never opened for reading (a FIFO would block, /dev/zero never ends);
+  - the architecture record is read first, capped at 16 MiB; it names every other member allowed:
+    the parameters and buffers of its layers (at most their shape in float64 plus a .npy header each),
+    and in a checkpoint the training state (JSON, capped) and ``optim.<parameter>.<slot>`` arrays (at
+    most 8 slots a parameter). Anything else is refused unread;
+  - each member's size as the zip directory declares it is checked against that bound *before* it is
+    inflated, and the read is capped at the declared size, so a small file cannot inflate to gigabytes;
+  - each .npy header is checked against the bytes that follow (``read_npy``), no pickle, no object
+    arrays; any defect is a ModelFileError naming the file.
+Writing (``save``) checks the destination first (``check_output_path``) and replaces the file
+atomically; a SIGTERM during the write is held until the new file is in place.
 """
 import contextlib
 import json
@@ -37,11 +48,7 @@ def save(net, path, extra=None):
 
     The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600.
     """
-    for i, layer in enumerate(net.layers):
-        if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
-            raise TypeError(f"cannot save layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
-                            "registered, so load() could not rebuild it; decorate the class with "
-                            "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
+    check_registered(net, "save")
     path = check_output_path(path, "checkpoint" if extra else "model file")
     arrays = net.get_arrays()
     description = {"format": FORMAT, **net.architecture()}
@@ -50,6 +57,15 @@ def save(net, path, extra=None):
         arrays[key] = value
     with sigterm_deferred():
         _write_atomically(arrays, path)
+
+
+def check_registered(net, what="save"):
+    """Every layer's class must be registered, or load() (and unpickling) could not rebuild it."""
+    for i, layer in enumerate(net.layers):
+        if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
+            raise TypeError(f"cannot {what} layer {i} {layer!r}: its class {type(layer).__qualname__} is not "
+                            "registered, so load() could not rebuild it; decorate the class with "
+                            "@gpucnn.register_layer (and give it config() returning its constructor arguments)")
 
 
 def _write_atomically(arrays, path):
@@ -183,7 +199,7 @@ def describe_path(path):
     """What is at path when it is not a regular file: 'a directory', 'a FIFO (named pipe)', ... or None."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except OSError:                  # missing, a file used as a directory, no permission to look
         return "a broken symlink" if os.path.islink(path) else None
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
