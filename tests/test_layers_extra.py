@@ -383,3 +383,37 @@ def test_deepcopy_keeps_running_statistics_and_the_dropout_generator(digits):
         np.testing.assert_array_equal(twin.layers[1].buffers[key], net.layers[1].buffers[key])
     assert twin.layers[1].buffers["running_mean"] is not net.layers[1].buffers["running_mean"]
     np.testing.assert_array_equal(to_numpy(twin.forward(digits[0][8:12])), to_numpy(net.forward(digits[0][8:12])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [dict(sanitizer="address"),
+                                      dict(sanitizer="thread", workers=2, order="random", seed=3)],
+                         ids=["address", "thread"])
+def test_avgpool_kernels_are_clean_under_the_sanitizers(settings, rng):
+    """AddressSanitizer (reads past a window) and ThreadSanitizer (races between blocks), overlapping
+    windows: no report, and the reference's result."""
+    from gpucnn import emulator
+    x = rng.standard_normal((2, 1, 9, 7)).astype(np.float32)
+    delta = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
+    with emulator.settings(**settings):
+        a, da_prev = _run_avgpool(get_backend("emulated"), x, delta, 3, 2)
+    _check_avgpool(a, da_prev, x, delta, 3, 2, settings["sanitizer"])
+
+
+def test_divergence_brings_back_the_running_statistics_with_the_parameters(digits):
+    """A step whose forward overflows fills BatchNorm's statistics with NaN; Divergence restores the
+    buffers of the same moment as the parameters it keeps (before the last step with a finite loss)."""
+    net = _modern(np.float32)
+    seen, real_step = [], net.train_step
+
+    def step(xb, y1, optimizer):
+        seen.append(net.get_arrays())
+        if len(seen) == 4:
+            xb = xb * np.float32(1e38)                                # inf in the conv: NaN statistics
+        return real_step(xb, y1, optimizer)
+    net.train_step = step
+    with pytest.raises(gpucnn.Divergence):
+        net.fit(digits[0][:80], digits[1][:80], batch_size=10, optimizer="adam", verbose=False)
+    assert len(seen) == 4
+    for name, value in net.get_arrays().items():
+        assert value.tobytes() == seen[2][name].tobytes(), name

@@ -195,7 +195,9 @@ class HostEpoch:
     """One ``net.train_step`` per batch; the divergence guard keeps the last good parameters.
 
     Guard: the parameters before each step are copied into one of two buffer sets, alternately, so the
-    set that gave the last finite loss is never the one being written.
+    set that gave the last finite loss is never the one being written. The layers' buffers (BatchNorm's
+    running statistics, which a forward that overflows fills with NaN) are kept with each set and come
+    back with it.
     """
 
     def __init__(self, trainer):
@@ -203,6 +205,8 @@ class HostEpoch:
         xp = trainer.net.backend.xp
         self.snapshots = [[xp.empty_like(p.value) for p in trainer.params] for _ in range(2)]
         self.last_good = None
+        self.buffer_keys = [(layer.buffers, key) for layer in trainer.net.layers for key in layer.buffers]
+        self.saved_buffers = [[], []]            # the buffers that go with snapshots[0] and [1]
 
     def run_epoch(self, order):
         t, xp = self.t, self.t.net.backend.xp
@@ -229,14 +233,20 @@ class HostEpoch:
 
     def _guarded_step(self, xb, yb):
         t = self.t
-        before = self.snapshots[0] if self.last_good is not self.snapshots[0] else self.snapshots[1]
+        which = 0 if self.last_good is not self.snapshots[0] else 1
+        before = self.snapshots[which]
         for saved, p in zip(before, t.params):
             saved[...] = p.value
+        self.saved_buffers[which] = [buffers[key].copy() for buffers, key in self.buffer_keys]
         cost, out = self.train_step(xb, yb, t.optimizer)
         if not math.isfinite(cost):
+            good = which                         # the failed step skipped its update: its own start
             if self.last_good is not None:
                 for p, saved in zip(t.params, self.last_good):
                     p.value[...] = saved
+                good = 1 - which
+            for (buffers, key), saved in zip(self.buffer_keys, self.saved_buffers[good]):
+                buffers[key] = saved
             raise t.divergence(cost, t.step, xb.shape[0])
         self.last_good = before              # these parameters gave a finite loss
         return cost, out
