@@ -98,6 +98,16 @@ INF_X[2, 0, 0, 0] = np.inf
 ONEHOT = np.eye(10, dtype=np.float32)[Y]
 NAN_ONEHOT = ONEHOT.copy()
 NAN_ONEHOT[1, 2] = np.nan
+X_UINT8 = np.round(X * 255).astype(np.uint8)        # the same digits as 0..255 pixels
+
+
+class ForeignDeviceArray:
+    """Another library's GPU array (Numba, PyTorch, JAX...): all gpucnn sees is the interface."""
+
+    def __init__(self, a):
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+        self.__cuda_array_interface__ = {"shape": a.shape, "typestr": a.dtype.str, "data": (0, False),
+                                         "version": 3}
 
 FIT_CASES = [
     # (id, fit kwargs replacing x, y and defaults, exception, fragments)
@@ -105,6 +115,14 @@ FIT_CASES = [
     ("x-complex", dict(x=X.astype(np.complex64)), TypeError, ["real numbers", "complex64"]),
     ("x-bool", dict(x=X > 0.5), TypeError, ["dtype bool"]),
     ("x-object", dict(x=X.astype(object)), TypeError, ["dtype object"]),
+    # uint8 0..255 fed as they are train to chance (11%): refused, with the conversion to use
+    ("x-uint8", dict(x=X_UINT8), TypeError, ["integer dtype uint8", "x.astype(np.float32) / 255"]),
+    ("x-int64", dict(x=X_UINT8.astype(np.int64)), TypeError, ["integer dtype int64", "astype(np.float32)"]),
+    ("x-int8", dict(x=X_UINT8.astype(np.int8)), TypeError, ["integer dtype int8"]),
+    ("x-uint16", dict(x=X_UINT8.astype(np.uint16) * 257), TypeError, ["integer dtype uint16"]),
+    ("validation-x-uint8", dict(validation=(X_UINT8, Y)), TypeError, ["validation x", "uint8", "/ 255"]),
+    ("x-foreign-gpu-array", dict(x=ForeignDeviceArray(X)), TypeError,
+     ["ForeignDeviceArray", "__cuda_array_interface__", "NumPy arrays"]),
     ("x-rank3", dict(x=X[:, 0]), ShapeError, ["(n, 1, 28, 28)", "(6, 28, 28)"]),
     ("x-rank5", dict(x=X[:, None]), ShapeError, ["(n, 1, 28, 28)", "(6, 1, 1, 28, 28)"]),
     ("x-channels", dict(x=np.repeat(X, 3, axis=1)), ShapeError, ["(6, 3, 28, 28)"]),
@@ -130,13 +148,25 @@ FIT_CASES = [
     ("batch-size-bool", dict(batch_size=True), TypeError, ["batch_size", "True"]),
     ("batch-size-str", dict(batch_size="2"), TypeError, ["batch_size", "'2'"]),
     ("epochs-0", dict(epochs=0), ValueError, ["epochs", "got 0"]),
+    ("epochs-float", dict(epochs=2.0), TypeError, ["epochs", "float", "2.0"]),
+    ("epochs-numpy-float", dict(epochs=np.float64(2)), TypeError, ["epochs", "2.0"]),
+    ("epochs-none", dict(epochs=None), TypeError, ["epochs", "None"]),
     ("every-0", dict(every=0), ValueError, ["every", "got 0"]),
     ("lr-0", dict(lr=0), ValueError, ["learning rate", "got 0"]),
     ("lr-negative", dict(lr=-0.5), ValueError, ["learning rate", "-0.5"]),
     ("lr-nan", dict(lr=float("nan")), ValueError, ["learning rate", "nan"]),
     ("lr-inf", dict(lr=float("inf")), ValueError, ["learning rate", "inf"]),
     ("lr-str", dict(lr="0.1"), (TypeError, ValueError), ["learning rate", "'0.1'"]),
+    ("lr-complex", dict(lr=0.1j), ValueError, ["learning rate", "0.1j"]),
+    ("lr-bool", dict(lr=True), ValueError, ["learning rate", "True"]),
+    ("lr-array", dict(lr=np.array([0.1, 0.2])), ValueError, ["learning rate", "array"]),
     ("momentum-negative", dict(momentum=-0.9), ValueError, ["momentum", "-0.9"]),
+    ("momentum-str", dict(momentum="0.9"), ValueError, ["momentum", "'0.9'"]),
+    ("momentum-numpy-nan", dict(momentum=np.float32("nan")), ValueError, ["momentum", "nan"]),
+    ("weight-decay-negative", dict(weight_decay=-1e-3), ValueError, ["weight_decay", "-0.001"]),
+    ("validation-not-a-pair", dict(validation=X), TypeError, ["validation must be a pair", "ndarray"]),
+    ("validation-three", dict(validation=(X, Y, Y)), TypeError, ["validation must be a pair"]),
+    ("checkpoint-not-a-path", dict(checkpoint=3), TypeError, ["checkpoint path", "int 3"]),
     ("weight-decay-nan", dict(weight_decay=float("nan")), ValueError, ["weight_decay", "nan"]),
     ("resume-without-checkpoint", dict(resume=True), ValueError, ["resume=True needs checkpoint"]),
     ("validation-x-shape", dict(validation=(X[:, 0], Y)), ShapeError, ["validation x", "(6, 28, 28)"]),
@@ -164,6 +194,54 @@ def test_fit_with_a_checkpoint_writes_nothing_when_the_labels_are_bad(net, tmp_p
     ckpt = tmp_path / "ckpt.npz"
     expect(lambda: net.fit(X, Y + 10, checkpoint=ckpt, verbose=False), DataError, "0..9")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- cross-entropy targets: distributions only
+
+@pytest.fixture(scope="module")
+def ce_net():
+    return gpucnn.seed_network(backend="numpy", seed=0, loss="cross_entropy", activation="relu")
+
+
+HALF_ROWS = ONEHOT * 0.5                                   # rows summing to 0.5: gradient != cost's
+NEGATIVE_ROWS = ONEHOT.copy()
+NEGATIVE_ROWS[0, :2] = [1.2, -0.2]                        # sums to 1, one entry negative
+SCORES = np.random.default_rng(1).random((N, 10)).astype(np.float32)   # unnormalised scores
+
+CE_CASES = [
+    # (id, call on the cross-entropy net, exception, fragments)
+    ("fit-rows-sum-half", lambda n: n.fit(X, HALF_ROWS, batch_size=2, verbose=False), DataError,
+     ["must each sum to 1", "row 0 sums to 0.5", "6 of 6 rows"]),
+    ("fit-negative-entry", lambda n: n.fit(X, NEGATIVE_ROWS, batch_size=2, verbose=False), DataError,
+     [">= 0", "y[0, 1] = -0.2"]),
+    ("fit-scores", lambda n: n.fit(X, SCORES, batch_size=2, verbose=False), DataError, ["sum to 1"]),
+    ("fit-validation-rows", lambda n: n.fit(X, Y, batch_size=2, verbose=False, validation=(X, HALF_ROWS)),
+     DataError, ["validation y", "sum to 1"]),
+    ("cost-rows", lambda n: n.cost(X, HALF_ROWS), DataError, ["sum to 1"]),
+    ("evaluate-rows", lambda n: n.evaluate(X, SCORES), DataError, ["sum to 1"]),
+    ("backward-rows", lambda n: (n.forward(X), n.backward(NEGATIVE_ROWS)), DataError, [">= 0"]),
+    ("gradcheck-rows", lambda n: gpucnn.gradcheck(n, X[:2], HALF_ROWS[:2]), DataError, ["sum to 1"]),
+]
+
+
+@pytest.mark.parametrize("call, exc_type, fragments", [c[1:] for c in CE_CASES], ids=[c[0] for c in CE_CASES])
+def test_cross_entropy_targets_must_be_distributions(ce_net, call, exc_type, fragments):
+    before = ce_net.get_params()
+    expect(lambda: call(ce_net), exc_type, *fragments)
+    for name, value in ce_net.get_params().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_soft_targets_that_are_distributions_are_accepted_and_their_gradient_matches():
+    """Label smoothing (0.9 on the class, 0.1 spread) is a distribution: accepted, and the
+    backward pass is the gradient of the cost; the quadratic cost takes any target rows."""
+    net = Network([Flatten(), Dense(12, 4)], loss="cross_entropy", input_shape=(3, 2, 2), backend="numpy", seed=3)
+    x = np.random.default_rng(0).standard_normal((3, 3, 2, 2)).astype(np.float32)
+    soft = (np.eye(4)[[0, 3, 1]] * 0.9 + 0.025).astype(np.float32)
+    for name, r in gpucnn.gradcheck(net, x, soft, max_per_param=None).items():
+        assert r["rel_error"] < 1e-6, (name, r)
+    quadratic = Network([Dense(5, 3)], backend="numpy")
+    quadratic.fit(np.ones((4, 5), np.float32), np.full((4, 3), 2.5, np.float32), batch_size=2, verbose=False)
 
 
 # ---------------------------------------------------------------- forward, predict, evaluate, backward
@@ -544,6 +622,9 @@ def cli_dir(tmp_path_factory):
     a = np.zeros((28, 28))
     a[5, 5] = np.inf
     np.save(d / "inf.npy", a)
+    os.mkfifo(d / "pipe.npz")
+    os.symlink("/dev/zero", d / "zero.npz")
+    (d / "notes.txt").write_text("keep me\n")
     return d
 
 
@@ -588,6 +669,19 @@ CLI_CASES = [
     ("predict-inf", ["predict", "good.npz", "inf.npy"], 1, ["NaN or inf"], []),
     ("predict-jpg", ["predict", "good.npz", "x.jpg"], 1, ["unsupported image type '.jpg'"], []),
     ("predict-bad-model", ["predict", "random.npz", "digit.png"], 1, ["random.npz"], []),
+    # output paths are checked before the data is loaded or a step is taken, naming the flag and path
+    ("seed-negative", ["train", "--seed", "-1", "--model", "m.npz"], 1, ["--seed", "got -1"], ["m.npz"]),
+    ("model-missing-directory", ["train", "--data", "mnist", "--model", "nodir/m.npz"], 1,
+     ["--model", "nodir/m.npz", "does not exist"], []),
+    ("checkpoint-missing-directory", ["train", "--data", "mnist", "--checkpoint", "nodir/c.npz",
+                                      "--model", "m.npz"], 1, ["--checkpoint", "nodir/c.npz"], ["m.npz"]),
+    ("checkpoint-is-a-fifo", ["train", "--data", "mnist", "--checkpoint", "pipe.npz", "--model", "m.npz"], 1,
+     ["--checkpoint", "pipe.npz", "a FIFO"], ["m.npz"]),
+    ("checkpoint-not-a-model-file", ["train", "--data", "mnist", "--checkpoint", "notes.txt", "--model", "m.npz"],
+     1, ["notes.txt", "not a gpucnn model file"], ["m.npz"]),
+    ("evaluate-a-fifo", ["evaluate", "pipe.npz", "--data", "mnist"], 1, ["pipe.npz is a FIFO"], []),
+    ("predict-dev-zero", ["predict", "zero.npz", "digit.png"], 1, ["a symlink to /dev/zero", "character device"],
+     []),
 ]
 
 
@@ -603,6 +697,18 @@ def test_cli_bad_input_one_line_no_traceback(cli_dir, args, status, fragments, a
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     for name in absent:
         assert not (cli_dir / name).exists(), f"{name} was written by a failed command"
+
+
+def test_cli_resume_from_a_missing_checkpoint_says_so(tmp_path):
+    """A typo in --checkpoint with --resume trains from scratch, but not silently."""
+    (tmp_path / "mnist").mkdir()
+    write_mnist(tmp_path / "mnist")
+    result = run_cli("train", "--data", "mnist", "--epochs", "1", "--batch-size", "4", "--checkpoint", "typo.npz",
+                     "--resume", "--model", "m.npz", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"no checkpoint at {tmp_path / 'typo.npz'} yet: training from scratch" in result.stderr
+    assert (tmp_path / "typo.npz").exists() and (tmp_path / "m.npz").exists()
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
 
 
 def test_cli_good_model_still_predicts(cli_dir):
@@ -634,3 +740,404 @@ def test_error_types_are_consistent():
         assert issubclass(cls, GpucnnError) and issubclass(cls, ValueError)
     assert issubclass(gpucnn.BackendUnavailable, RuntimeError)
 
+
+
+# ---------------------------------------------------------------- valid input is accepted
+
+def _fit(net, **kwargs):
+    call = dict(epochs=1, batch_size=2, lr=0.1, verbose=False)
+    call.update(kwargs)
+    x, y = call.pop("x", X), call.pop("y", Y)
+    return net.fit(x, y, **call)
+
+
+VALID_CASES = [
+    # (id, call given a fresh seed network and tmp_path): must run; each returns something to check
+    ("lr-float32", lambda n, d: _fit(n, lr=np.float32(0.1))),
+    ("lr-int64", lambda n, d: _fit(n, lr=np.int64(1))),
+    ("lr-float16", lambda n, d: _fit(n, lr=np.float16(0.5))),
+    ("momentum-float32", lambda n, d: _fit(n, momentum=np.float32(0.9))),
+    ("weight-decay-float64", lambda n, d: _fit(n, weight_decay=np.float64(1e-3))),
+    ("epochs-int64", lambda n, d: _fit(n, epochs=np.int64(2))),
+    ("batch-size-int32", lambda n, d: _fit(n, batch_size=np.int32(3))),
+    ("every-uint8", lambda n, d: _fit(n, every=np.uint8(1), checkpoint=d / "c.npz")),
+    ("checkpoint-pathlib", lambda n, d: _fit(n, checkpoint=d / "c.npz")),
+    ("checkpoint-str", lambda n, d: _fit(n, checkpoint=str(d / "c.npz"))),
+    ("x-float16", lambda n, d: _fit(n, x=X.astype(np.float16))),
+    ("x-float64", lambda n, d: _fit(n, x=X.astype(np.float64))),
+    ("x-standardised-negative", lambda n, d: _fit(n, x=(X - X.mean()) / X.std())),
+    ("x-fortran-order", lambda n, d: _fit(n, x=np.asfortranarray(X))),
+    ("y-uint8-labels", lambda n, d: _fit(n, y=Y.astype(np.uint8))),
+    ("y-int32-labels", lambda n, d: _fit(n, y=Y.astype(np.int32))),
+    ("y-float16-onehot", lambda n, d: _fit(n, y=ONEHOT.astype(np.float16))),
+    ("predict-batch-int64", lambda n, d: n.predict(X, batch_size=np.int64(4))),
+    ("gradcheck-numpy-args", lambda n, d: gpucnn.gradcheck(n, X[:1], Y[:1], eps=np.float32(1e-5),
+                                                           max_per_param=np.int64(3), seed=np.int64(1))),
+    ("network-seed-int64", lambda n, d: gpucnn.seed_network(backend="numpy", seed=np.int64(7)).seed == 7),
+    ("network-seed-none", lambda n, d: isinstance(gpucnn.seed_network(backend="numpy", seed=None).seed, int)),
+    ("layer-sizes-int64", lambda n, d: Network([Conv2D(np.int64(1), np.int32(2), np.int64(5)), Flatten(),
+                                                Dense(np.int64(2 * 24 * 24), np.uint8(10))], backend="numpy")),
+    ("input-shape-int64", lambda n, d: Network([Dense(4, 2)], input_shape=(np.int64(4),), backend="numpy")),
+]
+
+
+@pytest.mark.parametrize("call", [c[1] for c in VALID_CASES], ids=[c[0] for c in VALID_CASES])
+def test_valid_input_is_accepted(call, tmp_path):
+    result = call(gpucnn.seed_network(backend="numpy", seed=0), tmp_path)
+    assert result is not False and result is not None
+
+
+def test_numpy_seed_equals_the_python_int_seed():
+    a, b = gpucnn.seed_network(backend="numpy", seed=np.int64(3)), gpucnn.seed_network(backend="numpy", seed=3)
+    for name, value in a.get_params().items():
+        np.testing.assert_array_equal(value, b.get_params()[name])
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_network_copies_and_pickles_with_its_weights_mode_and_shuffle_state(how):
+    import copy
+    import pickle
+    net = gpucnn.seed_network(backend="numpy", seed=2, loss="cross_entropy", activation="relu")
+    _fit(net)
+    net.eval()
+    twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    for name, value in net.get_params().items():
+        np.testing.assert_array_equal(twin.get_params()[name], value)
+    assert (twin.seed, twin.loss.name, twin.training, twin.backend.name) == (2, "cross_entropy", False, "numpy")
+    assert twin.shuffle_rng.random() == net.shuffle_rng.random()
+    _fit(twin.train())                                   # independent: training one leaves the other
+    assert not np.array_equal(twin.get_params()["layers.0.W"], net.get_params()["layers.0.W"])
+
+
+def test_a_pickled_layer_of_a_network_comes_back_free_with_its_weights():
+    import pickle
+    trained = gpucnn.seed_network(backend="numpy", seed=6)
+    layer = pickle.loads(pickle.dumps(trained.layers[0]))
+    np.testing.assert_array_equal(layer.W, trained.layers[0].W)
+    reused = Network([layer, Sigmoid(), MaxPool2D(2), Flatten(), Dense(432, 10)], backend="numpy", seed=1)
+    np.testing.assert_array_equal(reused.get_params()["layers.0.W"], trained.get_params()["layers.0.W"])
+
+
+def test_pickling_a_network_with_an_unregistered_layer_is_refused_at_once():
+    import pickle
+
+    class Doubler(gpucnn.layers.Layer):
+        def forward(self, a):
+            return 2 * a
+
+    net = Network([Dense(4, 3), Doubler()], backend="numpy")
+    expect(lambda: pickle.dumps(net), TypeError, "cannot pickle layer 1", "register_layer")
+
+
+# ---------------------------------------------------------------- layer ownership
+
+def _shared_sigmoid():
+    s = Sigmoid()
+    return Network([Flatten(), Dense(784, 10), s, Dense(10, 10), s], input_shape=(1, 28, 28), backend="numpy")
+
+
+def _layer_of_a_living_network():
+    trained = gpucnn.seed_network(backend="numpy", seed=0)
+    return trained, Network(trained.layers[:4] + [Dense(432, 5)], backend="numpy")
+
+
+OWNERSHIP_CASES = [
+    ("same-activation-twice", _shared_sigmoid, ["layers 2 and 4", "same Sigmoid() instance"]),
+    ("same-dense-twice", lambda: (lambda d: Network([d, Sigmoid(), d], backend="numpy"))(Dense(10, 10)),
+     ["layers 0 and 2"]),
+    ("layer-of-another-network", lambda: _layer_of_a_living_network()[1],
+     ["already belongs to another network", "copy.deepcopy(layer)"]),
+]
+
+
+@pytest.mark.parametrize("call, fragments", [c[1:] for c in OWNERSHIP_CASES], ids=[c[0] for c in OWNERSHIP_CASES])
+def test_a_layer_belongs_to_one_place_in_one_network(call, fragments):
+    expect(call, gpucnn.layers.LayerOwnershipError, *fragments)
+
+
+def test_transfer_learning_through_deepcopy_keeps_the_trained_weights_in_both_networks():
+    import copy
+    trained = gpucnn.seed_network(backend="numpy", seed=0)
+    before = trained.get_params()
+    new = Network([copy.deepcopy(layer) for layer in trained.layers[:4]] + [Dense(432, 5)], backend="numpy", seed=9)
+    np.testing.assert_array_equal(new.get_params()["layers.0.W"], before["layers.0.W"])
+    for name, value in trained.get_params().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+PARAM_CASES = [
+    ("nan-W", lambda n: setattr(n.layers[0], "W", np.full((3, 1, 5, 5), np.nan)), ValueError, ["NaN or inf"]),
+    ("inf-b", lambda n: setattr(n.layers[4], "b", np.array([np.inf] + [0.0] * 9)), ValueError, ["NaN or inf"]),
+    ("str-W", lambda n: setattr(n.layers[4], "W", np.full((10, 432), "a")), TypeError, ["real numbers", "<U1"]),
+    ("set-params-list", lambda n: n.set_params([1, 2]), TypeError, ["dict", "list"]),
+    ("set-params-unknown", lambda n: n.set_params({**n.get_params(), "layers.9.b": np.zeros(3)}),
+     ModelFileError, ["unknown arrays layers.9.b"]),
+    ("set-params-nan", lambda n: n.set_params({**n.get_params(), "layers.4.b": np.full(10, np.nan)}),
+     ModelFileError, ["layers.4.b", "NaN"]),
+]
+
+
+@pytest.mark.parametrize("call, exc_type, fragments", [c[1:] for c in PARAM_CASES], ids=[c[0] for c in PARAM_CASES])
+def test_bad_parameters_are_refused_and_the_old_ones_kept(call, exc_type, fragments):
+    net = gpucnn.seed_network(backend="numpy", seed=4)
+    before = net.get_params()
+    expect(lambda: call(net), exc_type, *fragments)
+    for name, value in net.get_params().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+# ---------------------------------------------------------------- output paths: checked before any work
+
+def _output_path(kind, tmp_path):
+    """-> (path, exception, fragments) for a path a model or checkpoint cannot (or must not) go to."""
+    if kind == "missing-directory":
+        return tmp_path / "nodir" / "out.npz", FileNotFoundError, ["nodir", "does not exist"]
+    if kind == "file-as-directory":
+        (tmp_path / "notes").write_text("x")
+        return tmp_path / "notes" / "out.npz", NotADirectoryError, ["notes", "is not a directory"]
+    if kind == "a-directory":
+        (tmp_path / "sub").mkdir()
+        return tmp_path / "sub", IsADirectoryError, ["sub", "is a directory"]
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+        return tmp_path / "pipe", OSError, ["pipe", "a FIFO"]
+    if kind == "symlink-to-device":
+        os.symlink("/dev/null", tmp_path / "null.npz")
+        return tmp_path / "null.npz", OSError, ["a symlink to /dev/null", "character device"]
+    if kind == "not-a-model-file":
+        (tmp_path / "results.csv").write_text("epoch,loss\n1,0.5\n")
+        return tmp_path / "results.csv", FileExistsError, ["results.csv", "not a gpucnn model file",
+                                                           "not overwriting"]
+    raise AssertionError(kind)
+
+
+OUTPUT_KINDS = ["missing-directory", "file-as-directory", "a-directory", "fifo", "symlink-to-device",
+                "not-a-model-file"]
+
+
+def _listing(directory):
+    return sorted((p.name, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+                  for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+def test_fit_refuses_a_bad_checkpoint_path_before_the_first_step(kind, tmp_path):
+    path, exc_type, fragments = _output_path(kind, tmp_path)
+    net = gpucnn.seed_network(backend="numpy", seed=0)
+    steps, real = [], net.train_step
+    net.train_step = lambda *a: steps.append(1) or real(*a)
+    before, listing = net.get_params(), _listing(tmp_path)
+    expect(lambda: net.fit(X, Y, batch_size=2, checkpoint=path, verbose=False), exc_type, *fragments)
+    assert steps == [], "training started before the checkpoint path was checked"
+    assert _listing(tmp_path) == listing                   # no probe file, no temporary file left
+    for name, value in net.get_params().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+def test_save_names_the_users_path_not_a_temporary_file(kind, tmp_path):
+    path, exc_type, fragments = _output_path(kind, tmp_path)
+    listing = _listing(tmp_path)
+    err = expect(lambda: gpucnn.seed_network(backend="numpy").save(path), exc_type, *fragments)
+    assert ".tmp-" not in str(err)
+    assert _listing(tmp_path) == listing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_an_unwritable_directory_is_refused_before_training(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        expect(lambda: gpucnn.seed_network(backend="numpy").fit(X, Y, batch_size=2, verbose=False,
+                                                                  checkpoint=locked / "c.npz"),
+               PermissionError, str(locked / "c.npz"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_existing_model_file_is_replaced_atomically(tmp_path):
+    path = tmp_path / "m.npz"
+    gpucnn.seed_network(backend="numpy", seed=1).save(path)
+    gpucnn.seed_network(backend="numpy", seed=2).save(path)
+    np.testing.assert_array_equal(gpucnn.load(path).get_params()["layers.0.W"],
+                                  gpucnn.seed_network(backend="numpy", seed=2).get_params()["layers.0.W"])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+# ---------------------------------------------------------------- model files: what a path really is
+
+def _zip(members):
+    """A zip archive by hand: members (name, data as stored, method 0/8, crc, uncompressed size)."""
+    local, central = b"", b""
+    for name, data, method, crc, size in members:
+        header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(data), size,
+                             len(name), 0) + name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(data),
+                               size, len(name), 0, 0, 0, 0, 0, len(local)) + name.encode()
+        local += header + data
+    return local + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members),
+                                         len(central), len(local), 0)
+
+
+def _npy(a):
+    import io
+    f = io.BytesIO()
+    np.save(f, a)
+    return f.getvalue()
+
+
+def _stored(name, a):
+    data = _npy(a)
+    return (name, data, 0, zlib.crc32(data), len(data))
+
+
+def _deflate_bomb(name, size_mib):
+    """A deflated member of size_mib MiB of zeros, about 1 KiB per MiB (built without a GiB in memory)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = bytes(1 << 20)
+    chunk = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)     # the same bytes for every MiB
+    crc = 0
+    for _ in range(size_mib):
+        crc = zlib.crc32(block, crc)
+    return (name, chunk * size_mib + c.flush(), 8, crc, size_mib << 20)
+
+
+def test_a_member_that_inflates_to_a_gibibyte_is_refused_before_it_is_inflated(tmp_path):
+    path = tmp_path / "bomb.npz"
+    arch = np.array(json.dumps(dense_description()))
+    path.write_bytes(_zip([_deflate_bomb("layers.0.W.npy", 1100), _stored("layers.0.b.npy", np.zeros(3, np.float32)),
+                           _stored("architecture.npy", arch)]))
+    assert path.stat().st_size < 2 << 20
+    import tracemalloc
+    tracemalloc.start()
+    start = time.monotonic()
+    expect(lambda: gpucnn.load(path), ModelFileError, "layers.0.W.npy", "declares 1153433600 bytes",
+           str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 << 20 and time.monotonic() - start < 5
+
+
+SPECIAL_PATHS = [
+    # (id, make(tmp_path) -> path, fragments)
+    ("fifo", lambda d: (os.mkfifo(d / "m.npz"), d / "m.npz")[1], ["is a FIFO", "not a model file"]),
+    ("symlink-to-dev-zero", lambda d: (os.symlink("/dev/zero", d / "z.npz"), d / "z.npz")[1],
+     ["a symlink to /dev/zero", "is a character device"]),
+    ("character-device", lambda d: "/dev/null", ["/dev/null is a character device"]),
+    ("broken-symlink", lambda d: (os.symlink(d / "gone.npz", d / "m.npz"), d / "m.npz")[1],
+     ["a broken symlink"]),
+    ("unknown-member-unread", lambda d: write_npz(d / "m.npz", dense_description(),
+                                                  **{"layers.0.W": np.zeros((3, 4), np.float32),
+                                                     "layers.0.b": np.zeros(3, np.float32),
+                                                     "layers.9.b": np.zeros(3, np.float32)}),
+     ["unknown array 'layers.9.b'", "not part of this architecture"]),
+    ("optimizer-slot-of-no-parameter", lambda d: write_npz(d / "m.npz", dense_description(),
+                                                           **{"layers.0.W": np.zeros((3, 4), np.float32),
+                                                              "layers.0.b": np.zeros(3, np.float32),
+                                                              "optim.layers.7.W.velocity": np.zeros(3)}),
+     ["unknown array 'optim.layers.7.W.velocity'"]),
+    ("oversized-parameter-member", lambda d: write_npz(d / "m.npz", dense_description(),
+                                                       **{"layers.0.W": np.zeros((300, 400)),
+                                                          "layers.0.b": np.zeros(3, np.float32)}),
+     ["layers.0.W.npy", "declares", "allows"]),
+]
+
+
+@pytest.mark.parametrize("make, fragments", [c[1:] for c in SPECIAL_PATHS], ids=[c[0] for c in SPECIAL_PATHS])
+def test_a_model_path_is_named_for_what_it_really_is_and_never_blocks(make, fragments, tmp_path):
+    path = make(tmp_path)
+    start = time.monotonic()
+    expect(lambda: gpucnn.load(path), ModelFileError, *fragments)
+    assert time.monotonic() - start < 5
+
+
+# ---------------------------------------------------------------- gradcheck arguments
+
+GRADCHECK_CASES = [
+    ("eps-0", dict(eps=0), ValueError, ["eps", "got 0"]),
+    ("eps-negative", dict(eps=-1e-6), ValueError, ["eps", "-1e-06"]),
+    ("eps-nan", dict(eps=float("nan")), ValueError, ["eps", "nan"]),
+    ("eps-str", dict(eps="1e-6"), ValueError, ["eps", "'1e-6'"]),
+    ("max-per-param-0", dict(max_per_param=0), ValueError, ["max_per_param", "or None", "got 0"]),
+    ("max-per-param-negative", dict(max_per_param=-5), ValueError, ["max_per_param", "-5"]),
+    ("max-per-param-float", dict(max_per_param=2.5), TypeError, ["max_per_param", "2.5"]),
+    ("max-per-param-bool", dict(max_per_param=True), TypeError, ["max_per_param", "True"]),
+]
+
+
+@pytest.mark.parametrize("kwargs, exc_type, fragments", [c[1:] for c in GRADCHECK_CASES],
+                         ids=[c[0] for c in GRADCHECK_CASES])
+def test_gradcheck_arguments(net, kwargs, exc_type, fragments):
+    expect(lambda: gpucnn.gradcheck(net, X[:1], Y[:1], **kwargs), exc_type, *fragments)
+
+
+def test_gradcheck_samples_a_bounded_number_of_entries_by_default(net, capsys):
+    report = gpucnn.gradcheck(net, X[:1], Y[:1])
+    assert {k: (r["checked"], r["size"]) for k, r in report.items()} == {
+        "layers.0.W": (64, 75), "layers.0.b": (3, 3), "layers.4.W": (64, 4320), "layers.4.b": (10, 10)}
+    full = gpucnn.gradcheck(net, X[:1], Y[:1], max_per_param=None, progress=True)
+    assert full["layers.0.W"]["checked"] == 75 and full["layers.4.W"]["checked"] == 4320
+    assert "gradcheck" in capsys.readouterr().err               # the progress bar on request
+
+
+# ---------------------------------------------------------------- emulator settings and environment
+
+EMULATOR_CASES = [
+    ("timeout-str", dict(timeout="x"), ValueError, ["timeout", "'x'", "seconds"]),
+    ("timeout-negative", dict(timeout=-1), ValueError, ["timeout", "-1"]),
+    ("timeout-nan", dict(timeout=float("nan")), ValueError, ["timeout", "nan"]),
+    ("workers-0", dict(workers=0), ValueError, ["workers", "1 to 256", "0"]),
+    ("workers-float", dict(workers=1.5), ValueError, ["workers", "1.5"]),
+    ("seed-str", dict(seed="a"), ValueError, ["seed", "'a'"]),
+    ("order-unknown", dict(order="sideways"), ValueError, ["order", "'sideways'", "random"]),
+    ("sanitizer-unknown", dict(sanitizer="memory"), ValueError, ["sanitizer", "'memory'"]),
+    ("unknown-setting", dict(colour="red"), TypeError, ["unknown emulator settings", "colour"]),
+]
+
+
+@pytest.mark.parametrize("kwargs, exc_type, fragments", [c[1:] for c in EMULATOR_CASES],
+                         ids=[c[0] for c in EMULATOR_CASES])
+def test_emulator_settings_are_refused_at_once(kwargs, exc_type, fragments):
+    from gpucnn import emulator
+    before = emulator.current_settings()
+    expect(lambda: emulator.settings(**kwargs), exc_type, *fragments)
+    assert emulator.current_settings() == before
+
+
+def test_emulator_settings_apply_inside_the_block_only():
+    import threading
+    from gpucnn import emulator
+    before = emulator.current_settings()
+    pending = emulator.settings(order="random", seed=np.int64(4), workers=np.int64(2), timeout=np.float32(3))
+    assert emulator.current_settings() == before                # built, not entered: nothing changed
+    seen = {}
+    with pytest.raises(KeyError):
+        with pending as inside:
+            assert inside == emulator.current_settings() == {**before, "order": "random", "seed": 4,
+                                                               "workers": 2, "timeout": 3.0}
+            thread = threading.Thread(target=lambda: seen.update(emulator.current_settings()))
+            thread.start()
+            thread.join()
+            raise KeyError("inside the block")
+    assert emulator.current_settings() == before                # restored although the block raised
+    assert seen == before                                       # another thread never saw the block's
+
+
+@pytest.mark.parametrize("variable, value, fragment", [
+    ("GPUCNN_EMU_SEED", "abc", "expected an int"), ("GPUCNN_EMU_WORKERS", "two", "expected an int"),
+    ("GPUCNN_EMU_TIMEOUT", "soon", "seconds"), ("GPUCNN_EMU_ORDER", "sideways", "one of"),
+    ("GPUCNN_EMU_SANITIZER", "memory", "'memory'"), ("GPUCNN_EMU_WORKERS", "0", "1 to 256"),
+])
+def test_emulator_environment_variables_are_named_when_they_do_not_parse(monkeypatch, variable, value, fragment):
+    from gpucnn import emulator
+    monkeypatch.setenv(variable, value)
+    expect(emulator._env_defaults, ValueError, f"environment variable {variable}", fragment)
+
+
+# ---------------------------------------------------------------- foreign arrays
+
+def test_a_foreign_gpu_array_on_the_numpy_backend_is_named():
+    backend = gpucnn.backend.get_backend("numpy")
+    expect(lambda: backend.asarray(ForeignDeviceArray(X)), TypeError, "ForeignDeviceArray", "GPU array",
+           "numpy backend", "cupy.asnumpy")

@@ -170,6 +170,23 @@ class Layer:
 
     _caches = ("a_prev", "z", "a", "argmax", "in_hw", "in_shape")   # forward caches, never copied
 
+    def __getstate__(self):
+        """Pickling a layer gives a free layer, as ``copy.deepcopy`` does: parameter values and buffers
+        as host arrays, no network, no backend, no forward caches (a Network pickles whole instead)."""
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in self._caches and k not in ("backend", "xp", "_owner")}
+        state["params"] = {}
+        for key, p in self.params.items():
+            q = Parameter(key, p.shape)
+            q.value = None if p.value is None else _host(p.value).copy()
+            state["params"][key] = q
+        state["buffers"] = {k: _host(v).copy() for k, v in self.buffers.items()}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.backend, self._owner = None, None
+
     # -- modes ------------------------------------------------------------------------------------
     def train(self, mode=True):
         self.training = bool(mode)
