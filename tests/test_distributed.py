@@ -58,10 +58,10 @@ def mpirun(n, *args, timeout=60, command=None):
     return done, time.monotonic() - start
 
 
-def reference(epochs=2, batch=96, lr=1.0, dtype="float32", loss="quadratic", activation="sigmoid"):
+def reference(epochs=2, batch=96, lr=1.0, dtype="float32", loss="quadratic", activation="sigmoid", n=300):
     """One process, no communicator: what every job must reproduce."""
     s = _script()
-    x, y = s.digits(300)
+    x, y = s.digits(n)
     net = s.network(activation, loss, 0, dtype)
     history = net.fit(x, y, epochs=epochs, batch_size=batch, lr=lr, verbose=False, validation=(x[:100], y[:100]))
     history.pop("time", None)
@@ -238,9 +238,10 @@ def test_exact_mode_is_bitwise_one_process(tmp_path, n):
 @needs_mpi
 @pytest.mark.slow
 def test_generic_float64_path_within_1e9(tmp_path):
-    done, _ = mpirun(3, tmp_path / "out", "--dtype", "float64")
+    # 290 digits: the last batch has 2 rows, so rank 0 of 3 gets none in that step
+    done, _ = mpirun(3, tmp_path / "out", "--dtype", "float64", "--n", 290)
     assert done.returncode == 0, done.stderr
-    net, history, accuracy = reference(dtype="float64")
+    net, history, accuracy = reference(dtype="float64", n=290)
     seen = results(tmp_path / "out", 3)[0]
     assert seen["path"].startswith("layer by layer")
     for k, v in net.get_params().items():
@@ -257,9 +258,9 @@ def test_allreduce_mode_within_its_documented_tolerance(tmp_path):
     assert done.returncode == 0, done.stderr
     net, history, _ = reference()
     seen = results(tmp_path / "out", 3)[0]
-    for k, v in net.get_params().items():       # docs/distributed.md: |dW| <= 1e-6 after 2 epochs
+    for k, v in net.get_params().items():       # docs/distributed.md: |dW| <= 1e-7 after this job
         got = np.frombuffer(params_of(seen)[k], np.float32).reshape(v.shape)
-        np.testing.assert_allclose(got, v, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got, v, rtol=0, atol=1e-7)
 
 
 @needs_mpi
