@@ -1,6 +1,6 @@
 """The NumPy reference op set: the readable definition of every op that has a CUDA kernel.
 
-Every backend exports these six functions with these exact signatures (``gpucnn.ops.OP_NAMES``,
+Every backend exports these functions with these exact signatures (``gpucnn.ops.OP_NAMES``,
 asserted by a test). Shapes use lower-case dimension names:
 
     x, a_prev : (n, c, h, w)         layer input
