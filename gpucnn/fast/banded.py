@@ -1,4 +1,4 @@
-"""BandedConvPoolStage: conv(1 -> f <= 8, stride 1, no padding) -> activation -> max-pool 2, as one stage.
+"""BandedConvPoolStage: conv(1 -> f <= 8, stride 1) -> activation -> max-pool 2, as one stage.
 
 The seed network's block. Its conv has one input channel and a handful of kernels, so im2col's
 matmul (m*oh*ow, kh*kw) @ (kh*kw, f) is thin and its copy runs in kw-float pieces; here the same
@@ -29,7 +29,8 @@ from .stages import PRIME_FROM_OUTPUT, Stage
 
 
 class BandedConvPoolStage(Stage):
-    """Layers i..i+2 = conv(1 -> f) -> activation -> max-pool 2; parts under the conv's index.
+    """Layers i..i+2 = conv(1 -> f) -> activation -> max-pool 2; parts under the conv's index. A padded
+    conv is the valid conv of the zero-padded image (h, w below are the padded sizes).
 
     Layouts of a chunk of m images (pv: pooled column inside a block; sp = m*poh*nb):
         R   (2*sp, K+1)  rows (dy, m, py, blk), columns (i, u) and a column of ones: im2row of x
@@ -45,14 +46,16 @@ class BandedConvPoolStage(Stage):
             return False
         conv, act, pool = layers[i:i + 3]
         return (type(conv).__name__ == "Conv2D" and conv.out_channels <= 8 and conv.stride == 1
-                and conv.padding == (0, 0) and type(act).__name__ in PRIME_FROM_OUTPUT
+                and type(act).__name__ in PRIME_FROM_OUTPUT
                 and type(pool).__name__ == "MaxPool2D" and pool.size == 2 and pool.stride == 2)
 
     def __init__(self, layers, index, in_shape):
         conv, act, _ = layers
         super().__init__(conv, index, in_shape)
         self.act = type(act)
-        self.h, self.w, _ = in_shape
+        self.in_h, self.in_w, _ = in_shape
+        self.ph, self.pw = conv.padding              # padding: the valid conv of the padded image
+        self.h, self.w = self.in_h + 2 * self.ph, self.in_w + 2 * self.pw
         f, _, kh, kw = conv.param_shapes()["W"]
         self.f, self.kh, self.kw = f, kh, kw
         self.poh, self.pow = (self.h - kh + 1) // 2, (self.w - kw + 1) // 2
@@ -94,7 +97,12 @@ class BandedConvPoolStage(Stage):
     def forward(self, chunk, a, p):
         m, K = a.shape[0], self.K
         sp = m * self.poh * self.nb                  # columns of one tap: (m, py, blk)
-        x = a.reshape(m, self.h, self.w)
+        x = a.reshape(m, self.in_h, self.in_w)
+        if self.ph or self.pw:
+            padded = chunk.keep(self.key("pad"), (m, self.h, self.w))
+            padded.fill(0)
+            padded[:, self.ph:self.ph + self.in_h, self.pw:self.pw + self.in_w] = x
+            x = padded
         R = chunk.keep(self.key("R"), (2 * sp, K + 1))
         R[:, K] = 1.0                                # the bias column (the buffer may be reused)
         for dy in (0, 1):                            # 1. im2row, rows (dy, m, py, blk)
@@ -137,7 +145,8 @@ class BandedConvPoolStage(Stage):
                     cols = rows[:, :, u:u + nb * bw].reshape(m, self.poh, nb, bw)
                     part = block[:, :, :, i, u:u + bw]
                     cols[..., :part.shape[-1]] += part
-        return dx[:, :, :self.w].reshape(m, self.h, self.w, 1)
+        dx = dx[:, self.ph:self.ph + self.in_h, self.pw:self.pw + self.in_w]
+        return dx.reshape(m, self.in_h, self.in_w, 1)
 
     def store(self, total):
         """Sum the band diagonals of Gt into dW (f, 1, kh, kw), its last column into db."""

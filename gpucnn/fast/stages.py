@@ -152,11 +152,18 @@ class ConvStage(Stage):
         d2 = delta.reshape(-1, self.f)
         parts[self.key("W")] = C.T @ d2
         parts[self.key("b")] = d2.sum(axis=0)
-        return self._col2im(chunk, d2, p[self.key("W_taps")], a.shape[0]) if need_da else None
+        if not need_da:
+            return None
+        m = a.shape[0]
+        if self.block is not None:            # back to (m, oh, ow, f) rows: the adds then run along rows
+            natural = chunk.buf(self.key("dn"), (m, self.oh, self.ow, self.f))
+            np.copyto(self._rows(natural, m), d2.reshape(self._rows(natural, m).shape))
+            d2 = natural.reshape(-1, self.f)
+        return self._col2im(chunk, d2, p[self.key("W_taps")], m)
 
     def _col2im(self, chunk, d2, W_taps, m):
-        """dC/d(input) (m, h, w, c): one matmul per tap gives that tap's product contiguous, then one
-        add of it at the tap's offset."""
+        """dC/d(input) (m, h, w, c) from delta rows (m, oh, ow): one matmul per tap gives that tap's
+        product contiguous, then one add of it at the tap's offset, along rows of ow*c floats."""
         h, w, c = self.in_shape
         oh, ow, s = self.oh, self.ow, self.stride
         dC = chunk.buf(self.key("dC"), (self.kh * self.kw, d2.shape[0], c))
@@ -164,8 +171,7 @@ class ConvStage(Stage):
         for t in range(self.kh * self.kw):
             i, j = divmod(t, self.kw)
             np.matmul(d2, W_taps[t], out=dC[t])
-            target = self._rows(da[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :], m)
-            target += dC[t].reshape(target.shape)
+            da[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :] += dC[t].reshape(m, oh, ow, c)
         return da[:, self.ph:self.ph + h, self.pw:self.pw + w]
 
     def store(self, total):
