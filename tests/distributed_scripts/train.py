@@ -43,6 +43,8 @@ def plant(args, comm):
     def train_step(self, xb, y1, optimizer):
         count[0] += 1
         if comm.rank == args.fail_rank and count[0] == args.fail_step:
+            with open(f"{args.out}.failed_at", "w") as f:       # the test times the job's end from here
+                f.write(repr(time.time()))
             if args.fail == "raise":
                 raise RuntimeError("planted failure")
             if args.fail == "kill":
