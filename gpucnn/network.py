@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from . import distributed, fast, layers as L, serialization, trace as tracing
-from .backend import get_backend, to_numpy
+from .backend import backend_info, get_backend, to_numpy
 from .errors import ModelFileError, NoCheckpointWarning, ShapeError
 from .callbacks import Callback
 from .losses import get_loss
@@ -37,6 +37,7 @@ class Network:
         _check_distinct(self.layers)
         self.loss = get_loss(loss)
         self.backend = get_backend(backend)
+        self.auto_backend = _asks_for_auto(backend)    # fit says why auto chose this backend
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -275,6 +276,8 @@ class Network:
             y1v = self.targets(yv, xv.shape[0])
             validation = (self.backend.asarray(xv, self.dtype), y1v, y1v.argmax(axis=1))
         verbose = verbose and (comm is None or comm.rank == 0)
+        if verbose:
+            print(self.backend_choice(), flush=True)
         if comm is None:
             trainer = Trainer(self, xd, yd, epochs, batch_size, optimizer, shuffle, verbose, checkpoint, every,
                               schedule=schedule, callbacks=callbacks)
@@ -338,6 +341,15 @@ class Network:
         return {"layers": [{"type": type(layer).__name__, **layer.config()} for layer in self.layers],
                 "loss": self.loss.name, "input_shape": list(self.input_shape)}
 
+    def backend_choice(self):
+        """'backend numpy (auto: CuPy is not installed ...); fused CPU plan SeedPlan': what fit prints first."""
+        name = self.backend.name
+        if self.auto_backend:
+            why = "CuPy sees a GPU and our kernels compile" if name == "cupy" \
+                else backend_info().get("cupy_reason") or "CuPy is not usable"
+            name += f" (auto: {why})"
+        return f"backend {name}; {self.execution_path()}"
+
     def execution_path(self):
         """Which path runs this network, and why (not) the fused one."""
         if self._fast is not None:
@@ -367,6 +379,7 @@ class Network:
         new = Network(layers, loss=self.loss.name, backend=self.backend, seed=self.seed,
                       input_shape=self.input_shape, dtype=self.dtype)
         new.shuffle_rng.bit_generator.state = self.shuffle_rng.bit_generator.state
+        new.auto_backend = self.auto_backend
         return new.train(self.training)
 
     def save(self, path):
@@ -383,6 +396,13 @@ def _check_distinct(layers):
                 f"layers {seen[id(layer)]} and {i} are the same {layer!r} instance; every position needs "
                 f"its own layer object (e.g. write {type(layer).__name__}() twice)")
         seen[id(layer)] = i
+
+
+def _asks_for_auto(backend):
+    """True when ``backend`` (None: $GPUCNN_BACKEND, default 'auto') leaves the choice to ``auto``."""
+    if backend is None:
+        backend = os.environ.get("GPUCNN_BACKEND", "auto") or "auto"
+    return isinstance(backend, str) and backend.lower() == "auto"
 
 
 def _check_seed(seed):
