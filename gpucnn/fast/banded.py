@@ -114,7 +114,10 @@ class BandedConvPoolStage(Stage):
         self.act.sigma_scaled(np, zt, out=zt)        # 3. a = sigma(z) in place, then the pool
         pt = chunk.keep(self.key("pt"), (self.q, sp))
         argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
-        lowering.first_max(self._taps(zt, sp), pt, argmax)
+        if chunk.grad:
+            lowering.first_max(self._taps(zt, sp), pt, argmax)
+        else:                                        # inference: no argmax needed
+            lowering.window_max(self._taps(zt, sp), pt)
         pooled = chunk.keep(self.key("p"), (m, self.poh, self.nb, self.pv, self.f))
         np.copyto(pooled, pt.reshape(self.f, self.pv, m, self.poh, self.nb).transpose(2, 3, 4, 1, 0))
         chunk.cache[self.index] = (R, pt, argmax, m)

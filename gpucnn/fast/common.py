@@ -77,13 +77,14 @@ class Chunk:
 
     ``buf(key, shape)`` is scratch (per thread, reused chunk to chunk and step to step);
     ``keep(key, shape)`` is an array that must outlive the chunk when the forward is kept for a
-    later backward (Network.forward), else scratch too.
+    later backward (Network.forward), else scratch too. ``grad``: a backward follows (else a stage
+    may skip what only the backward needs, e.g. the pooling argmax).
     """
-    __slots__ = ("plan", "index", "s", "e", "m", "n", "kept", "cache")
+    __slots__ = ("plan", "index", "s", "e", "m", "n", "kept", "cache", "grad")
 
-    def __init__(self, plan, index, s, e, n, kept):
+    def __init__(self, plan, index, s, e, n, kept, grad=True):
         self.plan, self.index, self.s, self.e, self.m, self.n = plan, index, s, e, e - s, n
-        self.kept = kept
+        self.kept, self.grad = kept, grad
         self.cache = {}
 
     def buf(self, key, shape, dtype=np.float32):
@@ -159,7 +160,7 @@ class Plan:
         out = np.empty((n, self.out_features), np.float32)
         params = self.params()
         kept = self._kept_store() if keep else None
-        chunks = [Chunk(self, i, s, e, n, kept) for i, (s, e) in enumerate(self.chunks(n))]
+        chunks = [Chunk(self, i, s, e, n, kept, keep) for i, (s, e) in enumerate(self.chunks(n))]
 
         def one(chunk):
             out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)

@@ -244,6 +244,9 @@ class MaxPoolStage(Stage):
         pooled = chunk.keep(self.key("a"), shape)
         argmax = chunk.keep(self.key("argmax"), shape, np.int8 if self.size * self.size < 128 else np.int32)
         taps = self._taps(a)
+        if not chunk.grad:                                 # inference: no argmax needed
+            lowering.window_max(taps, pooled.reshape(taps[0].shape))
+            return pooled
         lowering.first_max(taps, pooled.reshape(taps[0].shape), argmax.reshape(taps[0].shape))
         chunk.cache[self.index] = (pooled, argmax)
         return pooled

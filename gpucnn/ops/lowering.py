@@ -11,6 +11,7 @@ channel-last (n, h, w, c). Everything returns views where it can (no copy).
                                           per conv); the reference contracts it with W by tensordot.
     pool_taps(x, size, stride, axes)      the size*size strided views tap k = i*size + j of every
                                           pooling window, (n, c, oh, ow) / (n, oh, ow, c)
+    window_max(taps)                      the window maxima (what inference needs)
     first_max(taps)                       (the window maxima, argmax): the FIRST maximum in row-major
                                           window order, a NaN counting as the maximum (np.argmax's
                                           rule, and the CUDA kernel's)
@@ -63,6 +64,16 @@ def pool_taps(x, size, stride, axes=(2, 3)):
     return taps
 
 
+def window_max(taps, pooled=None):
+    """Each window's maximum (a NaN wins); ``pooled`` may be given as the output array."""
+    if pooled is None:
+        pooled = np.empty(taps[0].shape, taps[0].dtype)
+    np.copyto(pooled, taps[0])
+    for tap in taps[1:]:
+        np.maximum(pooled, tap, out=pooled)
+    return pooled
+
+
 def first_max(taps, pooled=None, argmax=None):
     """-> (pooled, argmax): each window's maximum and the index k of its FIRST maximum.
 
@@ -73,11 +84,7 @@ def first_max(taps, pooled=None, argmax=None):
     mispredicted branch per element.
     """
     n = len(taps)
-    if pooled is None:
-        pooled = np.empty(taps[0].shape, taps[0].dtype)
-    np.copyto(pooled, taps[0])
-    for tap in taps[1:]:
-        np.maximum(pooled, tap, out=pooled)             # NaN wins, as in the rule
+    pooled = window_max(taps, pooled)
     if argmax is None:
         argmax = np.empty(pooled.shape, np.int32)
     argmax.fill(n - 1)
