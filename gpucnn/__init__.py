@@ -11,7 +11,7 @@ The layering (imports run downwards only; tests/test_layering.py checks it):
     serialization                         the model-file format
     training/                             the epoch loop, its engines, checkpoints, progress
     trace, network                        the Network: forward, backward, fit, save/load
-    gradcheck                             float64 finite differences of a Network
+    models, gradcheck                     ready-made networks (lenet5, wide); finite differences
     data/                                 MNIST files, the shipped sample, images (independent)
     cli, bench                            the command line
 """
@@ -22,6 +22,7 @@ from .gradcheck import gradcheck
 from .layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, LayerOwnershipError,
                      MaxPool2D, Parameter, ReLU, Sigmoid, Tanh, register_layer)
 from .network import Network, load, seed_network
+from . import models
 from .trace import Trace, trace
 from .training import Divergence
 
@@ -32,4 +33,5 @@ __all__ = [
     "register_layer", "GpucnnError", "BackendUnavailable", "DataError", "ModelFileError", "ShapeError",
     "LayerOwnershipError", "Divergence",
     "AvgPool2D", "BatchNorm2D", "Dropout", "optim", "schedules", "callbacks",
+    "models",
 ]

@@ -19,7 +19,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["01_backprop_by_hand.ipynb", "02_train_mnist.ipynb", "03_backends.ipynb"]
+NOTEBOOKS = ["01_backprop_by_hand.ipynb", "02_train_mnist.ipynb", "03_backends.ipynb", "04_modern_cnn.ipynb"]
 CELL_TIMEOUT_S = 300
 PUBLIC = set(gpucnn.__all__) | {"data", "__version__"}
 
