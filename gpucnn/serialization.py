@@ -27,12 +27,12 @@ import stat
 import struct
 import tempfile
 import threading
-import tokenize
 import zipfile
 import zlib
 
 import numpy as np
 
+from .data.npy import read_npy
 from .errors import ModelFileError
 from .layers import LAYER_TYPES
 
@@ -157,36 +157,6 @@ def _umask():
     return mask
 
 
-def read_npy(f, nbytes, source, error=ModelFileError):
-    """One array from the .npy bytes in file object f (nbytes of them, header included); no pickle.
-
-    The header is not trusted: its shape and dtype must account for exactly the bytes that follow, so a
-    corrupt header can neither allocate more than the file holds nor yield a short array.
-    """
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"unsupported .npy version {version}")
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-    except (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError) as exc:
-        # numpy parses the header dict with tokenize + ast and lets their errors through
-        raise error(f"{source}: not a .npy array ({exc})") from None
-    if dtype.hasobject or dtype.itemsize == 0 or any(d < 0 for d in shape):
-        raise error(f"{source}: unsupported .npy array (dtype {dtype}, shape {shape})")
-    count = math.prod(shape)
-    need, have = count * dtype.itemsize, nbytes - f.tell()
-    if need != have:
-        raise error(f"{source}: the .npy header promises {need} data bytes (shape {shape}, dtype {dtype}), "
-                    f"the file holds {have}")
-    data = f.read(need)
-    if len(data) != need:
-        raise error(f"{source}: truncated .npy data ({len(data)} of {need} bytes)")
-    a = np.frombuffer(data, dtype=dtype, count=count)
-    return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
-
-
 # What a model file may hold, in bytes per member before it is inflated: the architecture record and
 # the training state are JSON strings (4 bytes a character); a parameter, buffer or optimizer slot is
 # at most its architecture's shape in float64, plus a .npy header.
@@ -260,7 +230,7 @@ def _read_member(zf, info, limit, path):
         raise ModelFileError(f"{path}: member {info.filename!r} declares {info.file_size} bytes, more than "
                              f"the {limit} this architecture allows for it")
     with zf.open(info) as f:
-        return read_npy(f, info.file_size, f"{path}:{info.filename}")
+        return read_npy(f, info.file_size, f"{path}:{info.filename}", ModelFileError)
 
 
 def _read_npz(f, path):
