@@ -70,6 +70,8 @@ def stop_on_signals(fallback_checkpoint, signals=(signal.SIGINT, signal.SIGTERM)
 
 
 class Trainer:
+    comm = None         # a DistributedTrainer's communicator (gpucnn/distributed/): validation split over ranks
+
     def __init__(self, net, xd, yd, epochs, batch_size, optimizer, shuffle=True, verbose=True,
                  checkpoint_path=None, every=None, schedule=None, callbacks=()):
         self.net, self.xd, self.yd = net, xd, yd
@@ -160,7 +162,7 @@ class Trainer:
         h["accuracy"].append(int(self.correct) / self.n)
         line = f"epoch {self.epoch + 1}/{self.epochs}: loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}"
         if validation is not None:
-            cost, accuracy = self.net.score(*validation)    # one batched pass, fast path if any
+            cost, accuracy = self.net.score(*validation, comm=self.comm)   # one batched pass, fast path if any
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
