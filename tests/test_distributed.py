@@ -220,6 +220,59 @@ def test_watchdog_fires_once_past_the_deadline_and_not_before():
     assert len(fired) == 1 and "within 0.3 s during a collective that never ends" in fired[0]
 
 
+class OneRank:
+    """The communicator interface for a world of one, in this process (no MPI)."""
+    rank, size, local_rank, backend = 0, 1, 0, "fake"
+
+    def __init__(self, mode="exact"):
+        self.mode = mode
+
+    def for_network(self, net):
+        return self
+
+    def allgather(self, local, counts):
+        return local.reshape(-1).copy()
+
+    def broadcast(self, array, root=0):
+        return array
+
+    def allreduce_sum(self, array):
+        return array
+
+    def allgather_object(self, obj, what=""):
+        return [obj]
+
+    def broadcast_object(self, obj, root=0, what=""):
+        return obj
+
+
+@pytest.mark.parametrize("extra, mode, message", [
+    (gpucnn.BatchNorm2D(3), "exact", r"layers \[2\] keep buffers"),
+    (gpucnn.BatchNorm2D(3), "allreduce", r"layers \[2\] keep buffers"),
+    (gpucnn.Dropout(0.5), "exact", r"layers \[2\] are Dropout.*mode='allreduce'"),
+])
+def test_layers_that_would_break_the_promise_are_refused_before_training(extra, mode, message):
+    net = gpucnn.Network([gpucnn.Conv2D(1, 3, 5), gpucnn.ReLU(), extra, gpucnn.MaxPool2D(2), gpucnn.Flatten(),
+                          gpucnn.Dense(432, 10)], loss="cross_entropy", backend="numpy")
+    x, y = _script().digits(40)
+    before = net.get_params()
+    with pytest.raises(dcomm.DistributedError, match=message):
+        net.fit(x, y, epochs=1, batch_size=20, lr=0.1, verbose=False, comm=OneRank(mode))
+    assert all(np.array_equal(v, net.get_params()[k]) for k, v in before.items())
+
+
+def test_dropout_trains_in_allreduce_mode_and_one_rank_is_one_process():
+    def net():
+        return gpucnn.Network([gpucnn.Conv2D(1, 3, 5), gpucnn.ReLU(), gpucnn.Dropout(0.5), gpucnn.MaxPool2D(2),
+                               gpucnn.Flatten(), gpucnn.Dense(432, 10)], loss="cross_entropy", backend="numpy")
+    x, y = _script().digits(40)
+    a, b = net(), net()
+    ha = a.fit(x, y, epochs=1, batch_size=20, lr=0.1, verbose=False)
+    hb = b.fit(x, y, epochs=1, batch_size=20, lr=0.1, verbose=False, comm=OneRank("allreduce"))
+    assert ha["loss"] == hb["loss"]
+    assert all(np.array_equal(v, b.get_params()[k]) for k, v in a.get_params().items())
+
+
 # -- MPI jobs ---------------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.slow

@@ -29,6 +29,7 @@ import tempfile
 
 import numpy as np
 
+from .. import layers as L
 from ..backend import to_numpy
 from ..errors import ModelFileError
 from ..training import Divergence, HostEpoch, Trainer
@@ -143,9 +144,13 @@ def _facts(trainer, validation):
         "mode": trainer.comm.mode, "communicator": trainer.comm.backend,
     }
     buffered = [i for i, layer in enumerate(net.layers) if layer.buffers]
+    random = [i for i, layer in enumerate(net.layers) if isinstance(layer, L.Dropout) and layer.p > 0]
     if buffered:
         facts["refused"] = (f"layers {buffered} keep buffers (batch statistics): each rank would see its "
                             "own slice of the batch; data-parallel training of such layers is not supported")
+    elif random and trainer.comm.mode == "exact":
+        facts["refused"] = (f"layers {random} are Dropout: each rank draws its own masks, so the run cannot "
+                            "be bitwise one process (mode 'exact'); use init(mode='allreduce')")
     return facts
 
 
@@ -189,11 +194,12 @@ class DistributedEpoch(HostEpoch):
         super().__init__(trainer)
         self.comm = comm
         self.net = trainer.net
-        self.plan = getattr(self.net, "_fast", None)        # the fused CPU plan, or None
-        self.layout = _layout(self.plan) if self.plan is not None else None
+        plan = getattr(self.net, "_fast", None)             # the fused CPU plan, or None
+        self.plan = plan if hasattr(plan, "chunk_parts") else None
+        self.layout = None                                  # of a chunk's parts, on the first fused step
 
     def train_step(self, xb, y1, optimizer):
-        if self.plan is not None:
+        if _runs(self.plan):                                # as Network.train_step decides, every step
             return self._fused_step(xb, y1, optimizer)
         return self._generic_step(xb, y1, optimizer)
 
@@ -206,6 +212,8 @@ class DistributedEpoch(HostEpoch):
         rows = exchange.chunk_rows(chunks, owners)
         first, stop = owners[comm.rank]
         (r0, r1) = rows[comm.rank]
+        if self.layout is None:                         # before this step's parts: the probe reuses scratch
+            self.layout = _layout(plan)
         out = np.empty((n, classes), np.float32)
         parts = plan.chunk_parts(xb, y1, out, plan.params(), range(first, stop), n) if stop > first else []
         lay = self.layout
@@ -262,6 +270,11 @@ class DistributedEpoch(HostEpoch):
         return cost, out
 
 
+def _runs(plan):
+    """Whether the fused plan can run the network now (a layer's mode may rule it out)."""
+    return plan is not None and (not hasattr(plan, "available") or plan.available() is None)
+
+
 def _layout(plan):
     """The keys and shapes of one chunk's parts, from a one-image step on zeros (nothing is stored)."""
     net = plan.net
@@ -277,6 +290,7 @@ def score(net, comm, x, y1, labels, batch_size=1024):
     one), the outputs all-gathered, the sums as one process makes them."""
     comm = comm.for_network(net)
     xp, plan = net.backend.xp, getattr(net, "_fast", None)
+    plan = plan if hasattr(plan, "chunks") and _runs(plan) else None
     cost, correct, n = 0.0, 0, x.shape[0]
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size]
