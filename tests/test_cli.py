@@ -397,6 +397,16 @@ def test_progress_fits_the_terminal(monkeypatch, columns):
         assert re.search(r"\d\d:\d\d<\d\d:\d\d", last), last           # elapsed too
 
 
+def test_progress_on_a_terminal_that_reports_no_size(monkeypatch):
+    """Some ptys (script(1), CI runners) report 0x0: tqdm would hide the bar; we assume 80x24."""
+    monkeypatch.setattr(progress_module.shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((0, 0)))
+    monkeypatch.setattr(progress_module, "in_notebook", lambda: False)
+    stream = FakeTerminal()
+    _draw(stream)
+    frames = [f for f in stream.getvalue().split("\r") if f.strip()]
+    assert len(frames) >= 2 and all(len(f) <= 79 for f in frames) and "loss 0.1234" in frames[-1]
+
+
 def test_no_bar_without_a_terminal(monkeypatch):
     monkeypatch.setattr(progress_module, "in_notebook", lambda: False)
     stream = io.StringIO()

@@ -52,12 +52,14 @@ class Progress:
             self.bar = _auto_tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True,
                                   initial=initial, leave=False)
         elif _isatty(self.stream):
-            columns = shutil.get_terminal_size((80, 24)).columns - 1   # the last column would wrap
+            size = shutil.get_terminal_size((80, 24))
+            columns = max(size.columns or 80, 20) - 1     # 0: a pty that reports no size; the last column wraps
+            rows = size.lines or 24                       # tqdm hides a bar below the screen's last row
             least, bar_format = next(f for f in FORMATS if columns >= f[0])
             self.decimals = 4 if least else 3
             self.bar = _console_tqdm(
                 total=total, desc=f"epoch {epoch}/{epochs}" if least == 70 else f"{epoch}/{epochs}", unit="img",
-                unit_scale=True, initial=initial, file=self.stream, ncols=columns, mininterval=0.1, leave=False,
+                unit_scale=True, initial=initial, file=self.stream, ncols=columns, nrows=rows, mininterval=0.1, leave=False,
                 bar_format=bar_format)
 
     @property
