@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = (".png", ".npy")
 USAGE_SCREEN = """\
 gpucnn: a CNN with hand-written backprop on NumPy or raw CUDA.
 
-  gpucnn train                  train the seed network on the shipped digits (about a minute)
+  gpucnn train                  train the seed network (the shipped digits, or full MNIST if found)
   gpucnn train --arch lenet5    other networks: seed, lenet5, wide
   gpucnn evaluate MODEL         accuracy of a saved model
   gpucnn predict MODEL IMAGE... the digit in .png/.npy images, or in every image of a folder
