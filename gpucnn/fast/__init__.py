@@ -1,31 +1,41 @@
-"""Fused CPU fast paths for the network patterns this project exists for, checked against the
-layer-by-layer reference (layers.py + ops/reference.py), which stays the definition of the numbers.
+"""The fused CPU path: a network as a plan of per-layer stages, each built from that layer's own code,
+checked against the layer-by-layer path (layers/ + ops/reference.py), which stays the definition.
 
-``plan_for(net)`` returns a plan (``train_step``, ``forward``) or None, and then the network runs its
-generic path. Plans exist for the NumPy backend in float32 and these patterns:
+``plan_for(net)`` returns (StagePlan, None) for a NumPy float32 network whose every layer has a stage,
+else (None, the reason) and the network runs layer by layer. The stages (stages.py, banded.py), one per
+layer type from the table ``STAGES`` (adding a layer type = adding one stage):
 
-    SeedPlan       Conv2D(1 -> f, stride 1, no padding) -> act -> MaxPool2D(2) -> Flatten -> Dense
-                   -> [act]                                                     (gpucnn/fast/seed.py)
-    ConvStackPlan  [Conv2D(c -> f, stride 1, no padding) -> act -> MaxPool2D(2)] x k -> Flatten
-                   -> Dense -> [act]: the wide network                          (convstack.py)
-    act: Sigmoid, ReLU or Tanh; loss quadratic or cross_entropy.
+    Conv2D (any padding, stride)   im2col channel-last (ops/lowering.windows) + one matmul
+    Sigmoid, ReLU, Tanh            the class's sigma / sigma_scaled / prime
+    MaxPool2D (any size, stride)   ops/lowering.first_max / route_to_argmax (the reference's rule)
+    AvgPool2D                      ops/reference.avgpool2d_* on channel-last views
+    Flatten, Dense                 layers/dense.dense_forward / dense_backward; Flatten's order folded
+                                   into the next dense layer's columns
+    Dropout                        eval mode (the identity); in train mode ``available()`` names it and
+                                   the step runs layer by layer
+    conv(1 -> f <= 8) -> act -> max-pool 2   one banded stage (the seed network's block, LeNet's first)
+    BatchNorm2D                    none: NO_STAGE says why
+Both losses through the loss object's own ``gradient``. ``Network.forward`` runs the plan too, keeping
+what ``Network.backward`` needs (then dC/dx is formed as well, which training skips).
 
-What every plan guarantees (tests/test_fast.py):
+What the plan guarantees (tests/test_fast.py):
   * parameters are read from the layers' Parameter objects on every step and the gradients left in
     their ``grad``, so ``optimizer.step(net.parameters())`` and ``layer.W = ...`` between steps work;
-  * outputs, cost and gradients equal the reference's to float32 rounding, pooling ties resolved by
-    the same rule (the first maximum in row-major window order gets the whole delta);
+  * outputs, cost, gradients and dC/dx equal the layer-by-layer path's to float32 rounding, pooling
+    ties resolved by the same code (the first maximum in row-major window order gets the whole delta);
   * a step is bitwise reproducible: chunks and the two-thread split depend on the batch size only,
-    and partial gradients are summed in a fixed order;
-  * the layers' forward caches (a_prev, z, argmax) are NOT filled: ``Network.backward`` after a fast
-    step would read stale caches, so a fast step sets ``net.out = None`` (backward() then refuses).
+    and partial gradients are summed in a fixed order; forward + backward gives a step's bits;
+  * the layers' own forward caches are NOT filled: a training step sets ``net.out = None``.
 
-How they are fast: chunks of the batch sized to stay in cache; from a plan's thread_min images on
-(THREAD_MIN = 64 for the seed net, two chunks for the wide one) this thread and one worker thread
-take chunks from a shared queue (NumPy and OpenBLAS release the GIL), with OpenBLAS held to one
-thread and the GIL switch interval lowered during the step (common.Plan._run says why); sigma'
-evaluated only at the pooling argmax; the first conv's dC/dx never formed.
-NOTE: those two settings are process-wide; a step sets them and restores them before it returns.
+How it is fast: chunks of the batch sized to stay in cache; from the plan's thread_min images on this
+thread and one worker thread take chunks from a shared queue (NumPy and OpenBLAS release the GIL),
+with OpenBLAS held to one thread and the GIL switch interval lowered meanwhile (common.Plan._run says
+why); the conv before a max-pool computes only what the pool reads, rows in tap-major order so each
+pooling tap is one contiguous block; sigma' only at the pooling argmax; an activation's prescale
+folded into the weights before it; the first layer's dC/dx never formed in training; inference
+skips the argmax.
+NOTE: the two settings are process-wide: refcounted scopes (common.ProcessSetting) set them for the
+first step in and restore them when the last one out returns, however calls overlap.
 
 Data-parallel contract (exact distributed training builds on exactly these; ``train_step`` is made of
 them, so one process and N ranks run identical code):

@@ -65,6 +65,7 @@ class BandedConvPoolStage(Stage):
         self.uw = self.bw + kw - 1
         self.K, self.N, self.q = kh * self.uw, f * self.bw, f * self.pv
         self.out_shape = (self.poh, self.pow, f)
+        self.channel_first = False        # hand on (m, f, poh, pow) instead (a Flatten follows)
         self.flops = self.gemm = self.N * (self.K + 1) * 2 * self.poh * self.nb
         self.floats = 2 * self.poh * self.nb * (self.K + 1 + 2 * self.N)
         self._band_index()
@@ -118,16 +119,24 @@ class BandedConvPoolStage(Stage):
             lowering.first_max(self._taps(zt, sp), pt, argmax)
         else:                                        # inference: no argmax needed
             lowering.window_max(self._taps(zt, sp), pt)
-        pooled = chunk.keep(self.key("p"), (m, self.poh, self.nb, self.pv, self.f))
-        np.copyto(pooled, pt.reshape(self.f, self.pv, m, self.poh, self.nb).transpose(2, 3, 4, 1, 0))
+        pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         chunk.cache[self.index] = (R, pt, argmax, m)
+        if self.channel_first:                       # (m, f, py, blk, pv): px = blk*pv + v
+            pooled = chunk.keep(self.key("p"), (m, self.f, self.poh, self.nb, self.pv))
+            np.copyto(pooled, pt5.transpose(2, 0, 3, 4, 1))
+            return pooled.reshape(m, self.f, self.poh, self.pow)
+        pooled = chunk.keep(self.key("p"), (m, self.poh, self.nb, self.pv, self.f))
+        np.copyto(pooled, pt5.transpose(2, 3, 4, 1, 0))
         return pooled.reshape(m, self.poh, self.pow, self.f)
 
     def backward(self, chunk, dp, p, parts, need_da):
         R, pt, argmax, m = chunk.cache[self.index]
         sp = m * self.poh * self.nb
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
-        dp5 = dp.reshape(m, self.poh, self.nb, self.pv, self.f).transpose(4, 3, 0, 1, 2)
+        if self.channel_first:
+            dp5 = dp.reshape(m, self.f, self.poh, self.nb, self.pv).transpose(1, 4, 0, 2, 3)
+        else:
+            dp5 = dp.reshape(m, self.poh, self.nb, self.pv, self.f).transpose(4, 3, 0, 1, 2)
         dz_max = (dp5 * self.act.prime(pt5, pt5)).reshape(self.q, sp)     # sigma' at the argmax only
         delta_t = chunk.buf(self.key("delta_t"), (self.N, 2 * sp))      # the 4 taps cover it
         lowering.route_to_argmax(dz_max, argmax, self._taps(delta_t, sp), fresh=True)

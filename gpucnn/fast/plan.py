@@ -41,6 +41,10 @@ class StagePlan(Plan):
         for k, stage in enumerate(stages):
             before = stages[k - 1] if k else None
             after = stages[k + 1] if k + 1 < len(stages) else None
+            if isinstance(stage, BandedConvPoolStage) and isinstance(after, FlattenStage):
+                # hand the pooled maps on in the reference's (f, y, x) order: the dense W as it is
+                stage.channel_first, after.perm = True, None
+                after.in_order = (stage.f, stage.poh, stage.pow)
             if isinstance(stage, PassStage):
                 stage.owns_output = before.owns_output if before is not None else False
             if isinstance(stage, ActivationStage):

@@ -309,6 +309,7 @@ class FlattenStage(PassStage):
         self.out_shape = (math.prod(in_shape),)
         self.reorder = False
         self.perm = None
+        self.in_order = in_shape          # the per-image shape of the input as it comes
         if len(in_shape) == 3 and in_shape[2] > 1 and in_shape[0] * in_shape[1] > 1:
             h, w, c = in_shape
             y, x, ch = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
@@ -325,7 +326,7 @@ class FlattenStage(PassStage):
         if self.reorder:
             h, w, c = self.in_shape
             return da.reshape(m, c, h, w).transpose(0, 2, 3, 1)
-        return da.reshape(m, *self.in_shape)
+        return da.reshape(m, *self.in_order)
 
 
 class DenseStage(Stage):
