@@ -350,6 +350,17 @@ def test_a_failing_rank_ends_the_job_within_the_timeout(tmp_path, fail, message)
 
 @needs_mpi
 @pytest.mark.slow
+def test_a_checkpoint_rank_0_cannot_write_is_an_error_on_every_rank(tmp_path):
+    done, _ = mpirun(2, tmp_path / "out", "--fail", "save", "--checkpoint", tmp_path / "run.npz", "--every", 2)
+    assert done.returncode == 0, done.stderr
+    (kind0, text0), (kind1, text1) = (seen["error"] for seen in results(tmp_path / "out", 2))
+    assert kind0 == "OSError" and "No space left on device (planted)" in text0
+    assert kind1 == "DistributedError" and "rank 0 could not write the checkpoint" in text1 and \
+        "No space left on device (planted)" in text1
+
+
+@needs_mpi
+@pytest.mark.slow
 def test_divergence_is_reported_by_every_rank_alike(tmp_path):
     done, _ = mpirun(3, tmp_path / "out", "--loss", "cross_entropy", "--activation", "relu", "--lr", 1e20)
     assert done.returncode == 0, done.stderr

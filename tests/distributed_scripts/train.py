@@ -56,6 +56,14 @@ def plant(args, comm):
     distributed.DistributedEpoch.train_step = train_step
 
 
+def fail_saves(comm):
+    """Rank 0 cannot write checkpoints (a full disk, planted)."""
+    def save(trainer, path):
+        raise OSError(28, "No space left on device (planted)", str(path))
+    if comm.rank == 0:
+        gpucnn.training.checkpoint.save = save
+
+
 def kill_after_saves(k, comm):
     """Rank 0 SIGKILLs itself (the whole job ends) right after its k-th checkpoint write."""
     save = distributed.DistributedTrainer.save_checkpoint
@@ -86,14 +94,16 @@ def main():
     p.add_argument("--every", type=int)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--kill-after-saves", type=int)
-    p.add_argument("--fail", choices=["raise", "kill", "stuck"])
+    p.add_argument("--fail", choices=["raise", "kill", "stuck", "save"])
     p.add_argument("--fail-rank", type=int, default=1)
     p.add_argument("--fail-step", type=int, default=3)
     p.add_argument("--seed-rank", type=int, help="this rank builds its network with seed 1 (others 0)")
     args = p.parse_args()
 
     comm = distributed.init(mode=args.mode, timeout=args.timeout)
-    if args.fail:
+    if args.fail == "save":
+        fail_saves(comm)
+    elif args.fail:
         plant(args, comm)
     if args.kill_after_saves:
         kill_after_saves(args.kill_after_saves, comm)
@@ -110,7 +120,9 @@ def main():
         seen["score"] = list(net.score(net.backend.asarray(x, net.dtype), y1, y1.argmax(axis=1), 128, comm=comm))
         history.pop("time", None)              # wall time: the one entry that is not a result
         seen["history"] = history
-    except (distributed.DistributedError, gpucnn.Divergence) as exc:
+    except Exception as exc:
+        if not distributed.is_all_ranks(exc):          # one rank's own failure: the job is aborted
+            raise
         seen["error"] = [type(exc).__name__, str(exc)]
     seen["params"] = {k: v.tobytes().hex() for k, v in net.get_params().items()}
     with open(f"{args.out}.rank{comm.rank}.json", "w") as f:
