@@ -24,3 +24,7 @@ class ModelFileError(GpucnnError, ValueError):
 class NoCheckpointWarning(UserWarning):
     """``fit(resume=True)`` found no checkpoint at the path given and trains from scratch."""
 
+
+
+class PixelRangeWarning(UserWarning):
+    """Images that look like unscaled 0..255 pixels (float whole numbers up to 255) were given."""

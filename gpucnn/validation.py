@@ -1,9 +1,10 @@
 """Checks on what users hand the network. Each failure names the problem: type, shape or value."""
 import numbers
+import warnings
 
 import numpy as np
 
-from .errors import DataError, ShapeError
+from .errors import DataError, PixelRangeWarning, ShapeError
 
 
 def _is_array(a, name):
@@ -43,6 +44,19 @@ def check_inputs(x, input_shape, name="x"):
     if x.shape[0] == 0:
         raise DataError(f"{name} is empty (0 samples)")
     _check_finite(x, name)
+    if x.ndim == 4:
+        _warn_if_unscaled_pixels(x, name)
+
+
+def _warn_if_unscaled_pixels(x, name):
+    """Images given as float whole numbers 0..255 (``x.astype(np.float32)`` without the ``/ 255``) train
+    to chance as silently as uint8 did: warned, not refused, since such values can be meant."""
+    xp = _module(x)
+    hi = float(x.max())
+    if hi > 1 and hi <= 255 and float(x.min()) >= 0 and bool(xp.all(x == xp.round(x))):
+        warnings.warn(f"{name} holds whole numbers 0..{hi:g}, like 8-bit pixels in a float array; gpucnn takes "
+                      f"images in [0, 1]: pass {name} / 255 if these are pixel values", PixelRangeWarning,
+                      stacklevel=4)
 
 
 def check_labels(y, n, classes, name="y", distributions=False):

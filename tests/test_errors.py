@@ -1141,3 +1141,20 @@ def test_a_foreign_gpu_array_on_the_numpy_backend_is_named():
     backend = gpucnn.backend.get_backend("numpy")
     expect(lambda: backend.asarray(ForeignDeviceArray(X)), TypeError, "ForeignDeviceArray", "GPU array",
            "numpy backend", "cupy.asnumpy")
+
+
+# ---------------------------------------------------------------- unscaled pixels in a float array
+
+@pytest.mark.parametrize("call", [lambda n, x: _fit(n, x=x), lambda n, x: n.predict(x), lambda n, x: n.forward(x)],
+                         ids=["fit", "predict", "forward"])
+def test_float_images_of_whole_numbers_up_to_255_are_warned_about(call):
+    """x.astype(np.float32) without the / 255 trains to chance as silently as uint8 did: a warning
+    names the fix; values that can be meant (standardised, [0, 1]) pass quietly."""
+    net = gpucnn.seed_network(backend="numpy", seed=0)
+    with pytest.warns(gpucnn.errors.PixelRangeWarning, match=r"whole numbers 0\.\.255.*x / 255"):
+        call(net, X_UINT8.astype(np.float32))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gpucnn.errors.PixelRangeWarning)
+        for quiet in (X, (X - X.mean()) / X.std(), X * 3):
+            call(net, quiet.astype(np.float32))
