@@ -127,7 +127,7 @@ def build_parser():
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="an image file or a folder of images")
     predict.add_argument("--backend", default=None, help="auto, numpy, cupy or emulated")
 
-    download = command("download", "download full MNIST (60,000 + 10,000 digits, 11 MB) into the cache, "
+    download = command("download", "download full MNIST (60,000 + 10,000 digits, 12 MB gzipped) into the cache, "
                                    "checking each file's md5")
     download.add_argument("--dir", default=None,
                           help=f"target directory (default: $GPUCNN_DATA, else ~/.cache/gpucnn; now "
