@@ -206,11 +206,11 @@ def test_threads_do_not_change_the_numbers(batch, name):
     """Which thread ran a chunk must not matter: one thread and two give the same bytes."""
     pytest.importorskip("threadpoolctl")           # without it the step never goes two-threaded
     results = []
-    for thread_min in (None, 10**9):
+    for threads in (2, 1):
         net = NETS[name]()
         plan = net._fast
-        plan.thread_min = thread_min if thread_min else plan.thread_min
-        assert len(plan.chunks(70)) > 1 and (thread_min or plan.thread_min <= 70)
+        plan.threads = threads
+        assert len(plan.chunks(70)) > 1 and plan.thread_min <= 70
         x, y1 = inputs_for(net, batch, 70)
         cost, out = plan.train_step(x, y1, NoStep())
         results.append([out.tobytes()] + [g.tobytes() for g in grads(net)])
@@ -319,6 +319,7 @@ def test_process_settings_are_restored_after_concurrent_calls(batch):
     net = lenet()
     x = np.ascontiguousarray(np.concatenate([batch[0]] * 2)[:128])
     assert x.shape[0] >= net._fast.thread_min
+    net._fast.threads = 2                     # (by default the plan's timings choose)
     interval = sys.getswitchinterval()
     blas = common.ONE_BLAS_THREAD.get()
     seen, errors = [], []
@@ -359,3 +360,21 @@ def test_a_layer_patched_on_the_instance_runs_layer_by_layer(batch):
     assert net._plan() is None and "layer 2 MaxPool2D has its forward or backward replaced" in net._fast.available()
     net.forward(batch[0][:2])
     assert net.backward(batch[1][:2]).shape == (2, 1, 28, 28)
+
+
+def test_two_threads_run_when_they_pay():
+    """ThreadChoice times both modes, then runs the faster, retrying the other now and then."""
+    choice = common.ThreadChoice()
+    picks = []
+    for _ in range(40):
+        two = choice.pick(64)
+        picks.append(two)
+        choice.record(64, two, 1.0 if two else 2.0)          # two threads twice as fast here
+    assert picks[:4] == [True, True, False, False]
+    assert picks[4:].count(False) == 36 // choice.explore     # the slower mode, once per round
+    picks = []
+    for _ in range(40):
+        two = choice.pick(64)
+        picks.append(two)
+        choice.record(64, two, 3.0 if two else 2.0)          # now the machine is busy: one wins
+    assert picks[-16:].count(True) <= 2

@@ -4,6 +4,7 @@ thread, per-thread scratch buffers and the scoped process settings of a two-thre
 import math
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -72,6 +73,44 @@ def worker():
         return _executor[0]
 
 
+class ThreadChoice:
+    """One thread or two, per batch size, from the measured time of this plan's own calls.
+
+    Two threads win on an idle 2-core machine (the wide net at b64: 2.5k -> 4.2k img/s) and lose when
+    other processes hold the cores (the hand-offs then wait for a core). Each mode is timed twice,
+    then the faster runs, the other is retried every ``explore`` calls (the load changes); the times
+    are averaged (half old, half new). The numbers never depend on the choice.
+    """
+    explore = 16
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.stats = {}                 # n -> [[calls, mean s] for one thread, for two], calls so far
+
+    def pick(self, n):
+        with self.lock:
+            modes, calls = self.stats.setdefault(n, ([[0, 0.0], [0, 0.0]], [0]))
+            calls[0] += 1
+            for two in (1, 0):
+                if modes[two][0] < 2:
+                    return bool(two)
+            best = int(modes[1][1] < modes[0][1])
+            return bool(best if calls[0] % self.explore else 1 - best)
+
+    def record(self, n, two, seconds):
+        with self.lock:
+            mode = self.stats[n][0][int(two)]
+            mode[1] = seconds if mode[0] == 0 else 0.5 * (mode[1] + seconds)
+            mode[0] += 1
+
+    def timed(self, n, run):
+        two = self.pick(n)
+        start = time.perf_counter()
+        result = run(two)
+        self.record(n, two, time.perf_counter() - start)
+        return result
+
+
 class Chunk:
     """Rows s:e of a batch of n, and where this chunk's arrays live.
 
@@ -113,6 +152,7 @@ class Plan:
     """
     chunk = 32
     thread_min = None   # from this batch size on, two threads (None: THREAD_MIN)
+    threads = None      # None: two threads when the plan's timings say they pay; 1 or 2: fixed
     blas_min = 0        # batches below this skip the OpenBLAS guard (their gemms are single-threaded)
 
     def __init__(self, net):
@@ -121,6 +161,7 @@ class Plan:
         self.loss = net.loss
         self.scratch = threading.local()
         self.saved = None               # the kept forward: (out, chunks, kept arrays)
+        self.choice = ThreadChoice()
 
     def scratch_buffer(self, key, shape, dtype=np.float32):
         """A contiguous float32 scratch array, kept per thread and per key and reused step to step
@@ -248,10 +289,12 @@ class Plan:
         return THREAD_MIN if self.thread_min is None else self.thread_min
 
     def _run(self, one, chunks, n):
-        """one(chunk) for every chunk; from thread_min images on, on two threads.
+        """one(chunk) for every chunk; from thread_min images on, on two threads when they pay.
 
         This thread and the worker take chunks from a shared queue, so a worker slow to wake up (an
-        idle vCPU) costs nothing but its share. Which thread ran a chunk does not change its numbers.
+        idle vCPU) costs nothing but its share. Which thread ran a chunk does not change its numbers,
+        so whether two threads run may follow the machine: ``threads`` None (the default) lets the
+        plan's own timings decide (ThreadChoice), 1 or 2 fixes it.
         """
         todo, lock, stop = iter(chunks), threading.Lock(), threading.Event()
 
@@ -263,8 +306,13 @@ class Plan:
                     return
                 one(chunk)
 
-        two = bool(BLAS_LIBS) and n >= self._threads_from() and len(chunks) > 1
-        if n < self.blas_min and not two:
+        two = bool(BLAS_LIBS) and n >= self._threads_from() and len(chunks) > 1 and self.threads != 1
+        if two and self.threads is None:
+            return self.choice.timed(n, lambda two: self._work(work, two))
+        return self._work(work, two, n < self.blas_min and not two)
+
+    def _work(self, work, two, unguarded=False):
+        if unguarded:
             return work()
         with ONE_BLAS_THREAD:
             if not two:
