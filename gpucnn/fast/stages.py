@@ -55,7 +55,12 @@ class Stage:
         pass
 
     def key(self, name):
-        return f"{self.index}.{name}"
+        """"<index>.<name>", the key of this stage's parameters, parts and buffers (cached: a step
+        asks for a couple of dozen)."""
+        keys = self.__dict__.setdefault("_keys", {})
+        if name not in keys:
+            keys[name] = f"{self.index}.{name}"
+        return keys[name]
 
 
 class ConvStage(Stage):

@@ -92,6 +92,9 @@ def first_max(taps, pooled=None, argmax=None):
     step = np.empty(pooled.shape, argmax.dtype)
     for k in range(n - 2, -1, -1):                      # the earliest hit is written last: it wins
         np.equal(taps[k], pooled, out=hit)
+        if pooled.size < 4096:                          # small: the calls cost more than the branches
+            np.copyto(argmax, k, where=hit)
+            continue
         np.subtract(argmax, k, out=step)
         np.multiply(step, hit, out=step)
         np.subtract(argmax, step, out=argmax)           # hit: k; else unchanged
