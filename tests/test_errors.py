@@ -685,18 +685,48 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, status, fragments, absent", [c[1:] for c in CLI_CASES],
-                         ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input_one_line_no_traceback(cli_dir, args, status, fragments, absent):
-    result = run_cli(*args, cwd=cli_dir)
-    lines = result.stderr.splitlines()
-    assert result.returncode == status, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("gpucnn: error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+def run_cli_in_process(args, cwd, monkeypatch, capsys):
+    """cli.main in this process, as ``python -m gpucnn`` runs it: (status, stdout, stderr). An exception
+    escaping main (what would be a traceback) fails the test by itself."""
+    from gpucnn import cli
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("GPUCNN_DATA", str(cwd / "no-cache"))
+    monkeypatch.setenv("GPUCNN_BACKEND", "numpy")
+    monkeypatch.delenv("GPUCNN_TRACEBACK", raising=False)
+    capsys.readouterr()
+    status = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def _check_cli_failure(status, stdout, stderr, expected_status, fragments, absent, cwd):
+    lines = stderr.splitlines()
+    assert status == expected_status, stderr
+    assert len(lines) == 1 and lines[0].startswith("gpucnn: error: "), stderr
+    assert "Traceback" not in stderr + stdout
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     for name in absent:
-        assert not (cli_dir / name).exists(), f"{name} was written by a failed command"
+        assert not (cwd / name).exists(), f"{name} was written by a failed command"
+
+
+@pytest.mark.parametrize("args, status, fragments, absent", [c[1:] for c in CLI_CASES],
+                         ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_one_line_no_traceback(cli_dir, monkeypatch, capsys, args, status, fragments, absent):
+    _check_cli_failure(*run_cli_in_process(args, cli_dir, monkeypatch, capsys), status, fragments, absent, cli_dir)
+
+
+# A few rows end to end, as a user's shell sees them: a real process, its exit status and stderr.
+END_TO_END = ["no-arguments", "lr-0", "data-corrupt", "evaluate-random-bytes", "model-missing-directory",
+              "evaluate-a-fifo"]
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if c[0] in END_TO_END],
+                         ids=[c[0] for c in CLI_CASES if c[0] in END_TO_END])
+def test_cli_bad_input_in_a_real_process(cli_dir, case):
+    _, args, status, fragments, absent = case
+    result = run_cli(*args, cwd=cli_dir)
+    _check_cli_failure(result.returncode, result.stdout, result.stderr, status, fragments, absent, cli_dir)
 
 
 def test_cli_resume_from_a_missing_checkpoint_says_so(tmp_path):
