@@ -24,7 +24,7 @@ from .losses import get_loss
 from .optim import get_optimizer
 from .schedules import get_schedule
 from .training import Trainer
-from .validation import check_inputs, check_labels, check_positive_int
+from .validation import check_flag, check_inputs, check_labels, check_positive_int
 
 
 class Network:
@@ -253,6 +253,7 @@ class Network:
         n = x.shape[0]
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size", upper=n)
+        shuffle, resume = check_flag(shuffle, "shuffle"), check_flag(resume, "resume")   # 'False' is truthy
         if every is not None:
             every = check_positive_int(every, "every")
         if resume and not checkpoint:

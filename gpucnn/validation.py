@@ -132,5 +132,13 @@ def check_positive_int(value, name, upper=None):
     return int(value)
 
 
+def check_flag(value, name):
+    """A yes/no argument: True/False (NumPy's too) or 0/1; a string such as 'False' is refused, not
+    taken as true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
 def _module(a):
     return np if isinstance(a, np.ndarray) else __import__("cupy")
