@@ -106,10 +106,10 @@ class BandedConvPoolStage(Stage):
             x = padded
         R = chunk.keep(self.key("R"), (2 * sp, K + 1))
         R[:, K] = 1.0                                # the bias column (the buffer may be reused)
-        for dy in (0, 1):                            # 1. im2row, rows (dy, m, py, blk)
-            win = lowering.windows(x[:, dy:], self.kh, self.uw, (2, self.bw), axes=(1, 2))
-            np.copyto(R[dy * sp:(dy + 1) * sp, :K].reshape(m, self.poh, self.nb, self.kh, self.uw),
-                      win[:, :self.poh, :self.nb])
+        # 1. im2row, rows (dy, m, py, blk): the windows at every row y = 2*py + dy, one copy
+        win = lowering.windows(x, self.kh, self.uw, (1, self.bw), axes=(1, 2))[:, :2 * self.poh, :self.nb]
+        np.copyto(R[:, :K].reshape(2, m, self.poh, self.nb, self.kh, self.uw),
+                  win.reshape(m, self.poh, 2, self.nb, self.kh, self.uw).transpose(2, 0, 1, 3, 4, 5))
         zt = chunk.keep(self.key("zt"), (self.N, 2 * sp))
         np.matmul(p[self.key("Tt")], R.T, out=zt)    # 2. zt = Tt @ R^T (+ b, R's column of ones)
         self.act.sigma_scaled(np, zt, out=zt)        # 3. a = sigma(z) in place, then the pool

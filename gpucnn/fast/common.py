@@ -296,6 +296,11 @@ class Plan:
         so whether two threads run may follow the machine: ``threads`` None (the default) lets the
         plan's own timings decide (ThreadChoice), 1 or 2 fixes it.
         """
+        two = bool(BLAS_LIBS) and n >= self._threads_from() and len(chunks) > 1 and self.threads != 1
+        if not two and n < self.blas_min:                  # one thread, no guard: just the chunks
+            for chunk in chunks:
+                one(chunk)
+            return None
         todo, lock, stop = iter(chunks), threading.Lock(), threading.Event()
 
         def work():
@@ -306,14 +311,11 @@ class Plan:
                     return
                 one(chunk)
 
-        two = bool(BLAS_LIBS) and n >= self._threads_from() and len(chunks) > 1 and self.threads != 1
         if two and self.threads is None:
             return self.choice.timed(n, lambda two: self._work(work, two))
-        return self._work(work, two, n < self.blas_min and not two)
+        return self._work(work, two)
 
-    def _work(self, work, two, unguarded=False):
-        if unguarded:
-            return work()
+    def _work(self, work, two):
         with ONE_BLAS_THREAD:
             if not two:
                 return work()

@@ -98,7 +98,7 @@ def first_max(taps, pooled=None, argmax=None):
         np.subtract(argmax, k, out=step)
         np.multiply(step, hit, out=step)
         np.subtract(argmax, step, out=argmax)           # hit: k; else unchanged
-    if np.isnan(pooled).any():                          # NaN never equals itself: place it here
+    if np.isnan(np.add.reduce(pooled, axis=None)):      # a NaN (never equal to itself) is here
         for k in range(n - 1, -1, -1):
             np.copyto(argmax, k, where=np.isnan(taps[k]))
     return pooled, argmax
