@@ -386,6 +386,13 @@ class Network:
     def save(self, path):
         serialization.save(self, path)
 
+    def __reduce__(self):
+        """Pickling (multiprocessing, joblib) carries what a model file holds plus the backend name,
+        seed, dtype, mode and shuffle state; unpickling rebuilds and checks it as ``load`` does."""
+        serialization.check_registered(self, "pickle")
+        return (_unpickle, (self.architecture(), self.get_arrays(), self.backend.name, self.seed,
+                            self.dtype.name, self.training, self.shuffle_rng.bit_generator.state))
+
 
 def _check_distinct(layers):
     """The same layer instance twice in one network would share its caches: the first use's backward
@@ -413,6 +420,14 @@ def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     return int(seed)
+
+
+def _unpickle(description, arrays, backend, seed, dtype, training, shuffle_state):
+    layers, loss, input_shape = serialization.layers_from(description)
+    net = Network(layers, loss=loss, backend=backend, seed=seed, input_shape=input_shape, dtype=dtype)
+    serialization.assign_arrays(net, arrays, "pickled network")
+    net.shuffle_rng.bit_generator.state = shuffle_state
+    return net.train(training)
 
 
 def build_network(description, backend=None, arrays=None, path="model"):
