@@ -172,6 +172,9 @@ def _check_train_args(args):
     # output paths before the training whose result they would lose (serialization.check_output_path)
     check_output_path(args.model, "model file (--model)")
     if args.checkpoint:
+        if os.path.realpath(args.checkpoint) == os.path.realpath(args.model):
+            raise UsageError(f"--checkpoint and --model are the same file ({args.model}): the model would "
+                             "overwrite the checkpoint, and --resume could no longer continue")
         check_output_path(args.checkpoint, "checkpoint (--checkpoint)")
     if args.resume and not os.path.exists(args.checkpoint):
         print(f"gpucnn: no checkpoint at {os.path.abspath(args.checkpoint)} yet: training from scratch "

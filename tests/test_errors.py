@@ -682,6 +682,8 @@ CLI_CASES = [
      ["--checkpoint", "pipe.npz", "a FIFO"], ["m.npz"]),
     ("checkpoint-not-a-model-file", ["train", "--data", "mnist", "--checkpoint", "notes.txt", "--model", "m.npz"],
      1, ["notes.txt", "not a gpucnn model file"], ["m.npz"]),
+    ("checkpoint-is-the-model", ["train", "--checkpoint", "same.npz", "--model", "./same.npz"], 2,
+     ["--checkpoint and --model are the same file"], ["same.npz"]),
     ("evaluate-a-fifo", ["evaluate", "pipe.npz", "--data", "mnist"], 1, ["pipe.npz is a FIFO"], []),
     ("predict-dev-zero", ["predict", "zero.npz", "digit.png"], 1, ["a symlink to /dev/zero", "character device"],
      []),
