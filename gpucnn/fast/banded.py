@@ -116,7 +116,7 @@ class BandedConvPoolStage(Stage):
         pt = chunk.keep(self.key("pt"), (self.q, sp))
         argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
         if chunk.grad:
-            lowering.first_max(self._taps(zt, sp), pt, argmax)
+            lowering.first_max(self._taps(zt, sp), pt, argmax, signed_zeros=False)
         else:                                        # inference: no argmax needed
             lowering.window_max(self._taps(zt, sp), pt)
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)

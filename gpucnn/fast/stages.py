@@ -252,7 +252,8 @@ class MaxPoolStage(Stage):
         if not chunk.grad:                                 # inference: no argmax needed
             lowering.window_max(taps, pooled.reshape(taps[0].shape))
             return pooled
-        lowering.first_max(taps, pooled.reshape(taps[0].shape), argmax.reshape(taps[0].shape))
+        lowering.first_max(taps, pooled.reshape(taps[0].shape), argmax.reshape(taps[0].shape),
+                           signed_zeros=False)
         chunk.cache[self.index] = (pooled, argmax)
         return pooled
 

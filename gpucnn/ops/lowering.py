@@ -74,12 +74,15 @@ def window_max(taps, pooled=None):
     return pooled
 
 
-def first_max(taps, pooled=None, argmax=None):
+def first_max(taps, pooled=None, argmax=None, signed_zeros=True):
     """-> (pooled, argmax): each window's maximum and the index k of its FIRST maximum.
 
     An earlier equal maximum keeps the window (the tie rule); a NaN counts as the maximum, its
     first position the argmax (np.argmax's rule, and the CUDA kernel's). ``pooled`` / ``argmax`` may
     be given as output arrays of the taps' shape (argmax of any integer dtype; int32 by default).
+    ``signed_zeros``: a window whose maximum is a zero gives the zero of its first maximum, -0.0 or
+    0.0, bit for bit (np.maximum may give either); the fused plans, for which the two are the same
+    number, pass False.
     Branch-free arithmetic, not masked copies: pooling masks are random and a masked copy pays a
     mispredicted branch per element.
     """
@@ -101,6 +104,10 @@ def first_max(taps, pooled=None, argmax=None):
     if np.isnan(np.add.reduce(pooled, axis=None)):      # a NaN (never equal to itself) is here
         for k in range(n - 1, -1, -1):
             np.copyto(argmax, k, where=np.isnan(taps[k]))
+    if signed_zeros and not pooled.all():               # zeros: the argmax's own sign
+        zero = pooled == 0
+        for k in range(n):
+            np.copyto(pooled, taps[k], where=zero & (argmax == k))
     return pooled, argmax
 
 
