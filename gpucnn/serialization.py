@@ -119,9 +119,12 @@ def check_output_path(path, what="model file"):
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"the {what} path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"the {what} path is empty")
     kind = describe_path(path)
-    if kind == "a directory":
-        raise IsADirectoryError(f"cannot write the {what} to {path}: it is a directory; give a file name")
+    if kind == "a directory" or path.endswith(os.sep):
+        problem = "is a directory" if kind == "a directory" else f"ends in {os.sep!r}, a directory's name"
+        raise IsADirectoryError(f"cannot write the {what} to {path}: it {problem}; give a file name")
     if kind is not None:
         raise OSError(f"cannot write the {what} to {_named(path)}: it is {kind}")
     directory = os.path.dirname(os.path.abspath(path))

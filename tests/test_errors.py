@@ -939,6 +939,10 @@ def _output_path(kind, tmp_path):
     if kind == "symlink-to-device":
         os.symlink("/dev/null", tmp_path / "null.npz")
         return tmp_path / "null.npz", OSError, ["a symlink to /dev/null", "character device"]
+    if kind == "trailing-slash":
+        return f"{tmp_path}/nodir/", IsADirectoryError, ["nodir/", "a directory's name"]
+    if kind == "empty":
+        return "", ValueError, ["path is empty"]
     if kind == "not-a-model-file":
         (tmp_path / "results.csv").write_text("epoch,loss\n1,0.5\n")
         return tmp_path / "results.csv", FileExistsError, ["results.csv", "not a gpucnn model file",
@@ -947,7 +951,7 @@ def _output_path(kind, tmp_path):
 
 
 OUTPUT_KINDS = ["missing-directory", "file-as-directory", "a-directory", "fifo", "symlink-to-device",
-                "not-a-model-file"]
+                "not-a-model-file", "trailing-slash", "empty"]
 
 
 def _listing(directory):
@@ -955,7 +959,7 @@ def _listing(directory):
                   for p in directory.iterdir())
 
 
-@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+@pytest.mark.parametrize("kind", [k for k in OUTPUT_KINDS if k != "empty"])   # checkpoint="": none
 def test_fit_refuses_a_bad_checkpoint_path_before_the_first_step(kind, tmp_path):
     path, exc_type, fragments = _output_path(kind, tmp_path)
     net = gpucnn.seed_network(backend="numpy", seed=0)
