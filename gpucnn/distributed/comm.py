@@ -18,6 +18,7 @@ mpi4py is imported here, inside ``init``, never at import time: the core stays N
 import os
 import sys
 import sysconfig
+import time
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from .watchdog import Watchdog
 MODES = ("exact", "allreduce")
 BACKENDS = ("auto", "mpi", "nccl")
 DEFAULT_TIMEOUT = 300.0     # seconds; a step, a checkpoint write or a validation pass must fit in it
+ABORT_GRACE = 0.2           # seconds between the error line and MPI_Abort
 
 # (size variable, rank variable) that MPI launchers set in each process they start.
 LAUNCHER_VARS = (
@@ -184,6 +186,7 @@ class MpiComm:
         sys.stdout.flush()
         sys.stderr.write(f"gpucnn: error: rank {self.rank}: {' '.join(str(message).split())}\n")
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE)             # the launcher forwards the line before it kills the job
         self.world.Abort(code)
 
 
