@@ -117,10 +117,11 @@ class BandedConvPoolStage(Stage):
         argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
         if chunk.grad:
             lowering.first_max(self._taps(zt, sp), pt, argmax, signed_zeros=False)
-        else:                                        # inference: no argmax needed
+        else:                       # inference, or a kept forward: the argmax waits for a backward
             lowering.window_max(self._taps(zt, sp), pt)
+            argmax = None
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
-        chunk.cache[self.index] = (R, pt, argmax, m)
+        chunk.cache[self.index] = (R, zt, pt, argmax, m)
         if self.channel_first:                       # (m, f, py, blk, pv): px = blk*pv + v
             pooled = chunk.keep(self.key("p"), (m, self.f, self.poh, self.nb, self.pv))
             np.copyto(pooled, pt5.transpose(2, 0, 3, 4, 1))
@@ -130,8 +131,12 @@ class BandedConvPoolStage(Stage):
         return pooled.reshape(m, self.poh, self.pow, self.f)
 
     def backward(self, chunk, dp, p, parts, need_da):
-        R, pt, argmax, m = chunk.cache[self.index]
+        R, zt, pt, argmax, m = chunk.cache[self.index]
         sp = m * self.poh * self.nb
+        if argmax is None:                           # after a kept forward: the same first_max, now
+            argmax = chunk.buf(self.key("argmax"), (self.q, sp), np.int8)
+            lowering.first_max(self._taps(zt, sp), chunk.buf(self.key("pt"), (self.q, sp)), argmax,
+                               signed_zeros=False)
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         if self.channel_first:
             dp5 = dp.reshape(m, self.f, self.poh, self.nb, self.pv).transpose(1, 4, 0, 2, 3)

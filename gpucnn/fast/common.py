@@ -116,8 +116,9 @@ class Chunk:
 
     ``buf(key, shape)`` is scratch (per thread, reused chunk to chunk and step to step);
     ``keep(key, shape)`` is an array that must outlive the chunk when the forward is kept for a
-    later backward (Network.forward), else scratch too. ``grad``: a backward follows (else a stage
-    may skip what only the backward needs, e.g. the pooling argmax).
+    later backward (Network.forward), else scratch too. ``grad``: the backward follows in the same
+    pass (a training step); else a stage leaves what only a backward needs (the pooling argmax) to
+    its backward, which a kept forward may or may not get.
     """
     __slots__ = ("plan", "index", "s", "e", "m", "n", "kept", "cache", "grad")
 
@@ -201,7 +202,8 @@ class Plan:
         out = np.empty((n, self.out_features), np.float32)
         params = self.params()
         kept = self._kept_store() if keep else None
-        chunks = [Chunk(self, i, s, e, n, kept, keep) for i, (s, e) in enumerate(self.chunks(n))]
+        # grad=False: what only a backward needs (the pooling argmax) waits for backward()
+        chunks = [Chunk(self, i, s, e, n, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
 
         def one(chunk):
             out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)

@@ -249,20 +249,28 @@ class MaxPoolStage(Stage):
         pooled = chunk.keep(self.key("a"), shape)
         argmax = chunk.keep(self.key("argmax"), shape, np.int8 if self.size * self.size < 128 else np.int32)
         taps = self._taps(a)
-        if not chunk.grad:                                 # inference: no argmax needed
+        if not chunk.grad:          # inference, or a kept forward: the argmax waits for a backward
             lowering.window_max(taps, pooled.reshape(taps[0].shape))
+            chunk.cache[self.index] = (pooled, None, a)
             return pooled
+        self._first_max(taps, pooled, argmax)
+        chunk.cache[self.index] = (pooled, argmax, a)
+        return pooled
+
+    def _first_max(self, taps, pooled, argmax):
         lowering.first_max(taps, pooled.reshape(taps[0].shape), argmax.reshape(taps[0].shape),
                            signed_zeros=False)
-        chunk.cache[self.index] = (pooled, argmax)
-        return pooled
 
     @property
     def owns_output(self):
         return self.act is None           # the fused sigma' reads the pooled values
 
     def backward(self, chunk, da, p, parts, need_da):
-        pooled, argmax = chunk.cache[self.index]
+        pooled, argmax, a = chunk.cache[self.index]
+        if argmax is None:                # after a kept forward: the same first_max, now
+            argmax = chunk.buf(self.key("argmax"), pooled.shape, np.int8 if self.size * self.size < 128
+                               else np.int32)
+            self._first_max(self._taps(a), chunk.buf(self.key("a"), pooled.shape), argmax)
         if self.act is not None:          # sigma' at the argmax: a function of the output there
             da = da * self.act.prime(pooled, pooled)
         m = da.shape[0]
