@@ -10,9 +10,10 @@ What is timed (images/s, median of interleaved rounds, see harness.py):
     forward  net.forward(x), which keeps what backward needs (PyTorch: model(x) under inference_mode)
 Networks: the seed network; LeNet-5 (conv 6@5 pad 2, relu, pool, conv 16@5, relu, pool, 400-120-84-10,
 cross-entropy); the wide network (conv 32@5, conv 64@5, each relu + pool, dense 1024-10, cross-entropy).
-Every timed configuration first validates: gpucnn's gradients (the path it times, normally the fast
-path of gpucnn/fast.py) against the readable reference path (layers.py + ops/reference.py) on real
-digits when the offline sample is installed, and PyTorch's against the same reference, same weights.
+Every timed configuration first validates: gpucnn's gradients or outputs (the path it times, normally
+the fused plan of gpucnn/fast/) against the readable layer-by-layer path (layers/ + ops/reference.py)
+on real digits when the offline sample is installed, and PyTorch's against the same, same weights.
+PyTorch is timed with its default threads and held to one; a target is judged against the faster.
 Peak RSS of a batch-256 training run is measured per competitor in a fresh process.
 """
 import argparse
