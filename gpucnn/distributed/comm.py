@@ -98,7 +98,7 @@ def init(backend="auto", mode="exact", timeout=DEFAULT_TIMEOUT):
         from mpi4py import MPI
     except ImportError as exc:
         raise BackendUnavailable(f"distributed training needs mpi4py and an MPI library "
-                                 f"(pip install 'gpucnn[mpi]' mpich): {exc}") from None
+                                 f"(from a checkout: pip install -e \".[mpi]\" mpich): {exc}") from None
     world = MPI.COMM_WORLD
     check_world_size(world.Get_size(), launcher_world(), MPI)
     comm = MpiComm(MPI, world.Dup(), mode, timeout, backend)

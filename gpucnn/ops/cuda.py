@@ -344,7 +344,7 @@ def _probe_cupy():
         import cupy
     except Exception as exc:               # not installed, or broken (e.g. cuda12x and cuda13x both)
         if isinstance(exc, ModuleNotFoundError) and exc.name == "cupy":
-            info["cupy_reason"] = "CuPy is not installed (pip install 'gpucnn[cuda12]' or 'gpucnn[cuda13]')"
+            info["cupy_reason"] = "CuPy is not installed (from a checkout: pip install -e \".[cuda12]\" or \".[cuda13]\")"
         else:
             info["cupy_reason"] = f"CuPy failed to import: {type(exc).__name__}: {exc}"
         return _cupy_state
