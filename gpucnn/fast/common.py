@@ -74,7 +74,7 @@ def worker():
 
 
 class ThreadChoice:
-    """One thread or two, per batch size, from the measured time of this plan's own calls.
+    """One thread or two, per kind of call and batch size, from the measured time of this plan's calls.
 
     Two threads win on an idle 2-core machine (the wide net at b64: 2.5k -> 4.2k img/s) and lose when
     other processes hold the cores (the hand-offs then wait for a core). Each mode is timed twice,
@@ -85,11 +85,11 @@ class ThreadChoice:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.stats = {}                 # n -> [[calls, mean s] for one thread, for two], calls so far
+        self.stats = {}                 # key -> [[calls, mean s] for one thread, for two], calls so far
 
-    def pick(self, n):
+    def pick(self, key):
         with self.lock:
-            modes, calls = self.stats.setdefault(n, ([[0, 0.0], [0, 0.0]], [0]))
+            modes, calls = self.stats.setdefault(key, ([[0, 0.0], [0, 0.0]], [0]))
             calls[0] += 1
             for two in (1, 0):
                 if modes[two][0] < 2:
@@ -97,17 +97,17 @@ class ThreadChoice:
             best = int(modes[1][1] < modes[0][1])
             return bool(best if calls[0] % self.explore else 1 - best)
 
-    def record(self, n, two, seconds):
+    def record(self, key, two, seconds):
         with self.lock:
-            mode = self.stats[n][0][int(two)]
+            mode = self.stats[key][0][int(two)]
             mode[1] = seconds if mode[0] == 0 else 0.5 * (mode[1] + seconds)
             mode[0] += 1
 
-    def timed(self, n, run):
-        two = self.pick(n)
+    def timed(self, key, run):
+        two = self.pick(key)
         start = time.perf_counter()
         result = run(two)
-        self.record(n, two, time.perf_counter() - start)
+        self.record(key, two, time.perf_counter() - start)
         return result
 
 
@@ -207,7 +207,7 @@ class Plan:
 
         def one(chunk):
             out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)
-        self._run(one, chunks, n)
+        self._run(one, chunks, n, "forward")
         if keep:                                     # an unkept forward (predict) leaves it alone
             self.saved = (out, chunks, params)
         return out
@@ -230,7 +230,7 @@ class Plan:
             parts[chunk.index], dx_rows = self._backward_chunk(chunk, g, params, need_dx)
             if need_dx:
                 dx[chunk.s:chunk.e] = dx_rows
-        self._run(one, chunks, n)
+        self._run(one, chunks, n, "backward")
         self.store_grads(self.combine(parts))
         return dx
 
@@ -271,7 +271,7 @@ class Plan:
             out[s:e] = self._forward_chunk(chunk, x, params)
             parts[chunk.index] = self._backward_chunk(chunk, self._loss_gradient(out[s:e], y1[s:e], n),
                                                       params, False)[0]
-        self._run(one, chunks, n)
+        self._run(one, chunks, n, "step")
         return parts
 
     def combine(self, parts_list):
@@ -290,7 +290,7 @@ class Plan:
     def _threads_from(self):
         return THREAD_MIN if self.thread_min is None else self.thread_min
 
-    def _run(self, one, chunks, n):
+    def _run(self, one, chunks, n, kind):
         """one(chunk) for every chunk; from thread_min images on, on two threads when they pay.
 
         This thread and the worker take chunks from a shared queue, so a worker slow to wake up (an
@@ -314,7 +314,7 @@ class Plan:
                 one(chunk)
 
         if two and self.threads is None:
-            return self.choice.timed(n, lambda two: self._work(work, two))
+            return self.choice.timed((kind, n), lambda two: self._work(work, two))
         return self._work(work, two)
 
     def _work(self, work, two):
