@@ -2,6 +2,7 @@
 thread, per-thread scratch buffers and the scoped process settings of a two-thread step.
 """
 import math
+import statistics
 import sys
 import threading
 import time
@@ -76,32 +77,35 @@ def worker():
 class ThreadChoice:
     """One thread or two, per kind of call and batch size, from the measured time of this plan's calls.
 
-    Two threads win on an idle 2-core machine (the wide net at b64: 2.5k -> 4.2k img/s) and lose when
-    other processes hold the cores (the hand-offs then wait for a core). Each mode is timed twice,
-    then the faster runs, the other is retried every ``explore`` calls (the load changes); the times
-    are averaged (half old, half new). The numbers never depend on the choice.
+    Two threads win on an idle 2-core machine (LeNet-5 at b64: 13k -> 19k img/s) and lose when other
+    processes hold the cores (the hand-offs then wait for a core). Each mode is timed twice, then the
+    faster runs and the other is retried every ``explore`` calls (the load changes); a mode's time is
+    the median of its last ``keep`` calls, so one descheduled call does not flip the choice. The
+    numbers never depend on the choice.
     """
     explore = 16
+    keep = 5
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.stats = {}                 # key -> [[calls, mean s] for one thread, for two], calls so far
+        self.stats = {}                 # key -> ([recent seconds, one thread], [two threads], [calls])
 
     def pick(self, key):
         with self.lock:
-            modes, calls = self.stats.setdefault(key, ([[0, 0.0], [0, 0.0]], [0]))
+            one, two, calls = self.stats.setdefault(key, ([], [], [0]))
             calls[0] += 1
-            for two in (1, 0):
-                if modes[two][0] < 2:
-                    return bool(two)
-            best = int(modes[1][1] < modes[0][1])
-            return bool(best if calls[0] % self.explore else 1 - best)
+            if len(two) < 2:
+                return True
+            if len(one) < 2:
+                return False
+            best = statistics.median(two) < statistics.median(one)
+            return best if calls[0] % self.explore else not best
 
     def record(self, key, two, seconds):
         with self.lock:
-            mode = self.stats[key][0][int(two)]
-            mode[1] = seconds if mode[0] == 0 else 0.5 * (mode[1] + seconds)
-            mode[0] += 1
+            recent = self.stats[key][1 if two else 0]
+            recent.append(seconds)
+            del recent[:-self.keep]
 
     def timed(self, key, run):
         two = self.pick(key)
