@@ -181,9 +181,16 @@ class GpucnnMode:
         self.mode, self.backend, self.xp, self.kind, self.path, self.note = mode, backend, xp, "cupy", None, ""
 
     def _fit(self, net, x, y, batch, lr, shuffle=True):
+        saved = os.environ.get("GPUCNN_GPU_STEP")
         os.environ["GPUCNN_GPU_STEP"] = self.mode
-        net.fit(x, y, epochs=1, batch_size=batch, lr=lr, shuffle=shuffle, verbose=False)
-        self.path = "; ".join(filter(None, [describe_path(net), self.note]))
+        try:
+            net.fit(x, y, epochs=1, batch_size=batch, lr=lr, shuffle=shuffle, verbose=False)
+            self.path = "; ".join(filter(None, [describe_path(net), self.note]))
+        finally:                                   # the process's setting is the caller's again
+            if saved is None:
+                os.environ.pop("GPUCNN_GPU_STEP", None)
+            else:
+                os.environ["GPUCNN_GPU_STEP"] = saved
 
     def validate(self, params, xb, labels, ref):
         net = gpucnn_net(self.backend)

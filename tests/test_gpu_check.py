@@ -27,6 +27,14 @@ import gpu_check  # noqa: E402
 NO_GPU = not gpucnn.backend_info().get("cupy_usable")
 
 
+@pytest.fixture(autouse=True)
+def _gpu_step_setting_restored(monkeypatch):
+    """The driver's steps choose a GPU path through GPUCNN_GPU_STEP; run in-process here, they must
+    not leave it set for the tests that follow. ("auto" is the default; setenv, unlike delenv of an
+    absent variable, records it so that monkeypatch removes it again afterwards.)"""
+    monkeypatch.setenv("GPUCNN_GPU_STEP", "auto")
+
+
 def run_check(*args, timeout=120):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("OUT", None)
