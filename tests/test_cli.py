@@ -384,7 +384,7 @@ def _draw(stream, total=5000, steps=20, verbose=True):
 @pytest.mark.parametrize("columns", [40, 60, 120])
 def test_progress_fits_the_terminal(monkeypatch, columns):
     monkeypatch.setenv("COLUMNS", str(columns))
-    monkeypatch.setattr(progress_module, "in_notebook", lambda: False)
+    monkeypatch.setattr(progress_module, "notebook_tqdm", lambda: None)
     stream = FakeTerminal()
     _draw(stream)
     frames = [f for f in stream.getvalue().split("\r") if f.strip()]
@@ -400,7 +400,7 @@ def test_progress_fits_the_terminal(monkeypatch, columns):
 def test_progress_on_a_terminal_that_reports_no_size(monkeypatch):
     """Some ptys (script(1), CI runners) report 0x0: tqdm would hide the bar; we assume 80x24."""
     monkeypatch.setattr(progress_module.shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((0, 0)))
-    monkeypatch.setattr(progress_module, "in_notebook", lambda: False)
+    monkeypatch.setattr(progress_module, "notebook_tqdm", lambda: None)
     stream = FakeTerminal()
     _draw(stream)
     frames = [f for f in stream.getvalue().split("\r") if f.strip()]
@@ -408,7 +408,7 @@ def test_progress_on_a_terminal_that_reports_no_size(monkeypatch):
 
 
 def test_no_bar_without_a_terminal(monkeypatch):
-    monkeypatch.setattr(progress_module, "in_notebook", lambda: False)
+    monkeypatch.setattr(progress_module, "notebook_tqdm", lambda: None)
     stream = io.StringIO()
     assert not _draw(stream).enabled and stream.getvalue() == ""
 

@@ -15,12 +15,7 @@ import time
 import warnings
 
 from tqdm import TqdmWarning
-from tqdm.notebook import tqdm_notebook as _notebook_tqdm
 from tqdm.std import tqdm as _console_tqdm
-
-with warnings.catch_warnings():          # in a kernel without ipywidgets tqdm.auto warns and falls back
-    warnings.simplefilter("ignore", TqdmWarning)
-    from tqdm.auto import tqdm as _auto_tqdm
 
 # (fewest columns, bar format): tqdm puts ", " before {postfix}, the running loss
 FORMATS = [
@@ -30,9 +25,24 @@ FORMATS = [
 ]
 
 
+def notebook_tqdm():
+    """tqdm's Jupyter widget class when ``tqdm.auto`` picks it (a kernel with ipywidgets), else None.
+
+    Asked only when IPython is already loaded: tqdm.auto and tqdm.notebook import IPython, ~0.15 s that
+    ``import gpucnn`` in a terminal or a script should not pay.
+    """
+    if "IPython" not in sys.modules:
+        return None
+    with warnings.catch_warnings():      # in a kernel without ipywidgets tqdm.auto warns and falls back
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm as auto
+        from tqdm.notebook import tqdm_notebook
+    return auto if issubclass(auto, tqdm_notebook) else None
+
+
 def in_notebook():
-    """True when ``tqdm.auto`` chose the Jupyter widget (a kernel with ipywidgets)."""
-    return issubclass(_auto_tqdm, _notebook_tqdm)
+    """True when the bar is tqdm's Jupyter widget (a kernel with ipywidgets)."""
+    return notebook_tqdm() is not None
 
 
 class Progress:
@@ -48,9 +58,10 @@ class Progress:
         self.bar, self.decimals = None, 4
         if not verbose:
             return
-        if in_notebook():
-            self.bar = _auto_tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True,
-                                  initial=initial, leave=False)
+        widget = notebook_tqdm()
+        if widget is not None:
+            self.bar = widget(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True,
+                              initial=initial, leave=False)
         elif _isatty(self.stream):
             size = shutil.get_terminal_size((80, 24))
             columns = max(size.columns or 80, 20) - 1     # 0: a pty that reports no size; the last column wraps
