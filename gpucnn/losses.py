@@ -13,8 +13,12 @@ class Quadratic:
     def probabilities(self, xp, out):
         return out
 
+    def cost_array(self, xp, out, y_onehot):
+        """The batch-mean cost as a 0-d array on the backend (no host read: the device epoch sums these)."""
+        return 0.5 * ((out - y_onehot) ** 2).sum() / out.shape[0]
+
     def cost(self, xp, out, y_onehot):
-        return float(0.5 * ((out - y_onehot) ** 2).sum() / out.shape[0])
+        return float(self.cost_array(xp, out, y_onehot))
 
     def gradient(self, xp, out, y_onehot, n=None):
         """dC/d(out) for these rows of a batch of n (default: the rows given)."""
@@ -28,10 +32,14 @@ class CrossEntropy:
         e = xp.exp(z - z.max(axis=1, keepdims=True))    # shift: exp never overflows
         return e / e.sum(axis=1, keepdims=True)
 
-    def cost(self, xp, z, y_onehot):
+    def cost_array(self, xp, z, y_onehot):
+        """The batch-mean cost as a 0-d array on the backend (no host read: the device epoch sums these)."""
         shifted = z - z.max(axis=1, keepdims=True)
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        return float(-(log_p * y_onehot).sum() / z.shape[0])
+        return -(log_p * y_onehot).sum() / z.shape[0]
+
+    def cost(self, xp, z, y_onehot):
+        return float(self.cost_array(xp, z, y_onehot))
 
     def gradient(self, xp, z, y_onehot, n=None):
         """dC/dz for these rows of a batch of n (default: the rows given)."""

@@ -144,7 +144,7 @@ class GenericEpoch(_DeviceEpoch):
         for saved, p in zip(self.before, t.params):
             saved[...] = p.value
         out = net._forward(xb)
-        cost = device_cost(net.loss, xp, out, yb)
+        cost = net.loss.cost_array(xp, out, yb)          # 0-d, stays on the device
         net._backward(yb, need_dx=False)
         t.optimizer.step(t.params)
         bad = ~xp.isfinite(cost)
@@ -166,14 +166,3 @@ class GenericEpoch(_DeviceEpoch):
                 t.step = step
                 raise t.divergence(float(costs[step]), step, _batch_size_of(t, step))
         self._account(costs, corrects, t.step)
-
-
-def device_cost(loss, xp, out, y1):
-    """The batch-mean cost as a 0-d device array (``loss.cost`` returns a float: a host read)."""
-    if hasattr(loss, "cost_array"):
-        return loss.cost_array(xp, out, y1)
-    if loss.name == "quadratic":                 # the formulas of gpucnn/losses.py, without float()
-        return 0.5 * ((out - y1) ** 2).sum() / out.shape[0]
-    shifted = out - out.max(axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    return -(log_p * y1).sum() / out.shape[0]
