@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from . import distributed, fast, layers as L, serialization, trace as tracing
+from . import distributed, fast, gpu_step, layers as L, serialization, trace as tracing
 from .backend import backend_info, get_backend, to_numpy
 from .errors import ModelFileError, NoCheckpointWarning, ShapeError
 from .callbacks import Callback
@@ -25,6 +25,11 @@ from .optim import get_optimizer
 from .schedules import get_schedule
 from .training import Trainer
 from .validation import check_flag, check_inputs, check_labels, check_positive_int
+
+
+# Activations the CUDA conv kernel can apply itself (cuda/conv2d_forward.cu), by exact type: a subclass
+# may change sigma.
+FUSED_ACTIVATIONS = {L.Sigmoid: "sigmoid", L.ReLU: "relu", L.Tanh: "tanh"}
 
 
 class Network:
@@ -126,8 +131,19 @@ class Network:
         return self._fast if self._fast is not None and self._fast.available() is None else None
 
     def _forward(self, a):
-        for layer in self.layers:
-            a = layer.forward(a)
+        """Layer by layer; on the CUDA backends a Conv2D and the activation above it run as one kernel
+        (bias and sigma fused into the convolution: one launch and one pass over z fewer)."""
+        fused = hasattr(self.backend.ops, "conv2d_forward_activation")
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer, above = layers[i], (layers[i + 1] if i + 1 < len(layers) else None)
+            name = FUSED_ACTIVATIONS.get(type(above)) if fused and type(layer) is L.Conv2D else None
+            if name is not None:
+                a = layer.forward_activated(a, above, name)
+                i += 2
+            else:
+                a = layer.forward(a)
+                i += 1
         self.out = a
         return a
 
@@ -284,7 +300,8 @@ class Network:
                               schedule=schedule, callbacks=callbacks)
         else:
             trainer = distributed.DistributedTrainer(comm, self, xd, yd, epochs, batch_size, optimizer, shuffle,
-                                                     verbose, checkpoint, every, validation)
+                                                     verbose, checkpoint, every, validation,
+                                                     schedule=schedule, callbacks=callbacks)
         if resume and comm is not None:
             resume = trainer.resume(checkpoint)    # rank 0 looks for the file, every rank resumes from it
         elif resume and os.path.exists(checkpoint):
@@ -353,6 +370,8 @@ class Network:
 
     def execution_path(self):
         """Which path runs this network, and why (not) the fused one."""
+        if self.backend.name in ("cupy", "emulated"):
+            return gpu_step.describe(self)                 # the CUDA backends' training step
         if self._fast is not None:
             return f"fused CPU plan {type(self._fast).__name__}"
         return f"layer by layer ({self._fast_reason})"

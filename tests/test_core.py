@@ -139,3 +139,20 @@ def test_custom_layer_registered_round_trips_and_unregistered_fails_at_save(tmp_
         np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
     finally:
         gpucnn.layers.LAYER_TYPES.pop("Scale")
+
+
+@pytest.mark.parametrize("act", [Sigmoid, ReLU, gpucnn.Tanh])
+def test_cuda_backends_fuse_conv_and_activation_and_match_numpy(act):
+    """On the CUDA backends (here: emulated) conv -> activation is one kernel; the numbers are the
+    layer-by-layer NumPy path's to float32 rounding, the backward included (sigma' from a alone)."""
+    def build(backend):
+        return Network([Conv2D(1, 2, 3, padding=1), act(), MaxPool2D(2), Flatten(), Dense(2 * 4 * 4, 3)],
+                       input_shape=(1, 8, 8), backend=backend, loss="cross_entropy", seed=4)
+    ref, emu = build("numpy"), build("emulated")
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    y = np.array([0, 2, 1])
+    np.testing.assert_allclose(emu.forward(x), ref.forward(x), rtol=1e-5, atol=1e-6)
+    assert emu.layers[1].z is None and emu.layers[1].a is not None      # adopted from the conv kernel
+    np.testing.assert_allclose(emu.backward(y), ref.backward(y), rtol=1e-4, atol=1e-6)
+    for p, q in zip(emu.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6, err_msg=p.name)

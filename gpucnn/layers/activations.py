@@ -6,9 +6,10 @@ do the fused plans (gpucnn/fast/), which may call them on views with ``out=`` to
     sigma(xp, z, out=None)        = sigma_scaled(xp, prescale * z)     the activation
     sigma_scaled(xp, s, out=None) sigma from s = prescale * z (a plan may fold prescale into the
                                   weights of the layer before: prescale is a power of 2, so exact)
-    prime(a, z)                   sigma'(z), from the output a (Sigmoid, Tanh) or the input z (ReLU);
-                                  at a pooling window's argmax it is a function of the pooled value,
-                                  so a plan may pass the pooled value as both
+    prime(a, z)                   sigma'(z), from the output a alone (ReLU: [a > 0] = [z > 0]), so a
+                                  layer that took a from a fused conv+activation kernel (``adopt``)
+                                  needs no z; at a pooling window's argmax it is a function of the
+                                  pooled value, so a plan may pass the pooled value as both
 """
 from .base import Layer, register_layer
 
@@ -28,6 +29,12 @@ class Activation(Layer):
         self.z = z
         self.a = self.sigma(self.xp, z)
         return self.a
+
+    def adopt(self, a):
+        """Take a = sigma(z) computed below, by a fused conv+activation kernel (the CUDA backends):
+        backward needs only a."""
+        self.z, self.a = None, a
+        return a
 
     def sigma_prime(self):
         """sigma'(z) of the last forward."""
@@ -56,7 +63,7 @@ class Sigmoid(Activation):
 
 @register_layer
 class ReLU(Activation):
-    """sigma(z) = max(z, 0); sigma'(z) = [z > 0]."""
+    """sigma(z) = max(z, 0); sigma'(z) = [z > 0] = [a > 0]."""
 
     @staticmethod
     def sigma_scaled(xp, s, out=None):
@@ -64,7 +71,7 @@ class ReLU(Activation):
 
     @staticmethod
     def prime(a, z):
-        return (z > 0).astype(z.dtype)
+        return (a > 0).astype(a.dtype)
 
 
 @register_layer

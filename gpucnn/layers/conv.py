@@ -62,6 +62,13 @@ class Conv2D(Layer):
         self.a_prev = a_prev
         return self.backend.ops.conv2d_forward(a_prev, self.W, self.b, self.stride, self.padding)
 
+    def forward_activated(self, a_prev, act, kernel_name):
+        """act's sigma(W * a_prev + b) in one kernel, where the op set has one (the CUDA backends'
+        ``conv2d_forward_activation``, the activation layers' formulas); ``act`` adopts the result."""
+        self.a_prev = a_prev
+        return act.adopt(self.backend.ops.conv2d_forward_activation(a_prev, self.W, self.b, self.stride,
+                                                                    self.padding, kernel_name))
+
     def backward(self, delta, need_da_prev=True):
         """delta = dC/dz -> dC/da_prev (None when ``need_da_prev`` is False: the first layer)."""
         ops = self.backend.ops
