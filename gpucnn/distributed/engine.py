@@ -54,9 +54,11 @@ class DistributedTrainer(Trainer):
         self.comm = comm
         super().__init__(net, xd, yd, epochs, batch_size, optimizer, shuffle, verbose and comm.rank == 0,
                          checkpoint_path, every, **options)
-        self.engine = DistributedEpoch(self, comm)
         check_agreement(comm, net, _facts(self, validation))
         broadcast_parameters(comm, net)
+
+    def make_engine(self):
+        return DistributedEpoch(self, self.comm)
 
     def run(self, validation=None):
         try:

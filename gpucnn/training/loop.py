@@ -86,7 +86,13 @@ class Trainer:
         self.callbacks, self.resumed = list(callbacks), False
         self.labels = yd.argmax(axis=1)              # once, not per step
         self.params = list(net.parameters())
-        self.engine = device_epoch.engine_for(self) or HostEpoch(self)
+        self.engine = self.make_engine()
+
+    def make_engine(self):
+        """The engine the epochs run on: the device engine on the CUDA backends, else the host loop.
+        (A subclass with its own engine, e.g. distributed training, overrides this: nothing is
+        compiled or bound for an engine that would not run.)"""
+        return device_epoch.engine_for(self) or HostEpoch(self)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, validation=None):
