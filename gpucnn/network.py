@@ -373,6 +373,9 @@ class Network:
         if self.backend.name in ("cupy", "emulated"):
             return gpu_step.describe(self)                 # the CUDA backends' training step
         if self._fast is not None:
+            why_not = self._fast.available()             # e.g. a layer's mode rules the plan out now
+            if why_not is not None:
+                return f"layer by layer ({why_not})"
             return f"fused CPU plan {type(self._fast).__name__}"
         return f"layer by layer ({self._fast_reason})"
 

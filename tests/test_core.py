@@ -156,3 +156,11 @@ def test_cuda_backends_fuse_conv_and_activation_and_match_numpy(act):
     np.testing.assert_allclose(emu.backward(y), ref.backward(y), rtol=1e-4, atol=1e-6)
     for p, q in zip(emu.parameters(), ref.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6, err_msg=p.name)
+
+
+def test_execution_path_follows_the_mode():
+    """A plan that a layer's mode rules out (Dropout in train mode) is not reported as running."""
+    net = Network([Conv2D(1, 3, 5), ReLU(), MaxPool2D(2), Flatten(), gpucnn.Dropout(0.5), Dense(432, 10)],
+                  loss="cross_entropy", backend="numpy")
+    assert net.execution_path().startswith("layer by layer (layer 4 Dropout")
+    assert net.eval().execution_path().startswith("fused CPU plan")
