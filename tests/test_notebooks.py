@@ -46,9 +46,6 @@ def test_committed_notebook_has_its_outputs(name):
 
 
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:root|home|tmp|work)\b")
-# Saved before this check existed; re-executing them (02 prints load_training_data's description,
-# which names the folder MNIST was found in) is the fix. strict: the marker must go once they pass.
-PATHS_NOT_YET_CLEAN = {"02_train_mnist.ipynb", "03_backends.ipynb"}
 
 
 def _output_text(output):
@@ -57,9 +54,7 @@ def _output_text(output):
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="outputs saved before the path check"))
-    if n in PATHS_NOT_YET_CLEAN else n for n in NOTEBOOKS])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_committed_outputs_hold_no_machine_paths(name):
     """A saved output must not show where the notebook ran (/root/..., /home/..., /tmp/..., /work/...)."""
     nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
