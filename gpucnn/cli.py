@@ -309,9 +309,11 @@ def cmd_info(args):
 
 def cmd_bench(args):
     try:
-        return bench.main(args.bench_args)
+        status = bench.main(args.bench_args)
     except SystemExit as exc:           # the harness's own argparse: --help, or a bad flag
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    # bench_gpu exits 3 for "no usable GPU" (it has said so); for gpucnn, 3 means an internal error
+    return EXIT_ERROR if status == EXIT_INTERNAL else status
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "download": cmd_download,

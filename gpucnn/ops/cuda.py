@@ -1,6 +1,6 @@
 """The CUDA op set: host code for our own kernels in ``cuda/*.cu``, one path for two executors.
 
-``CudaOps`` exports the six ops of ``gpucnn.ops.OP_NAMES`` with the signatures of the NumPy reference
+``CudaOps`` exports the ops of ``gpucnn.ops.OP_NAMES`` with the signatures of the NumPy reference
 (``gpucnn/ops/reference.py``). It knows nothing about the device: it is handed the array module, a
 module loader and an allocator, so the same launch code drives
 
@@ -93,7 +93,7 @@ def _pair(value, what):
 
 
 class CudaOps:
-    """The six ops of OP_NAMES on our CUDA kernels, for any (xp, loader, allocator) triple.
+    """The ops of OP_NAMES on our CUDA kernels, for any (xp, loader, allocator) triple.
 
     xp           the array module of inputs and outputs (cupy, or numpy for the emulator)
     load_module  load_module(code, options, name) -> object whose .get_function(kernel) returns a
