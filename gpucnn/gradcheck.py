@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import layers as L
 from .backend import to_numpy
+from .layers.dropout import fixed_masks
 from .network import Network
 from .optim import check_real
 from .validation import check_inputs, check_positive_int
@@ -55,10 +56,18 @@ def gradcheck(net, x, y, eps=1e-6, max_per_param=DEFAULT_MAX_PER_PARAM, seed=0, 
         max_per_param = check_positive_int(max_per_param, "max_per_param (or None for every entry)")
     ref = float64_copy(net)
     x64 = np.array(to_numpy(x), dtype=np.float64)
+    net.forward(x)                                     # draws the net's dropout masks (train mode)
+    dx = to_numpy(net.backward(y))
+    for layer, twin in zip(net.layers, ref.layers):    # the copy takes them, held for every difference
+        if isinstance(layer, L.Dropout):
+            twin.keep = layer.keep
+    with fixed_masks():
+        return _check(net, ref, x64, y, dx, eps, max_per_param, seed, inputs, progress)
+
+
+def _check(net, ref, x64, y, dx, eps, max_per_param, seed, inputs, progress):
     ref.forward(x64)
     dx64 = ref.backward(y)
-    net.forward(x)
-    dx = to_numpy(net.backward(y))
     rng = np.random.default_rng(seed)
     checks = [(p.name, p.value, p.grad, to_numpy(own.grad))
               for p, own in zip(ref.parameters(), net.parameters())]

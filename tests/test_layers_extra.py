@@ -85,6 +85,17 @@ def test_new_layers_inside_a_network_gradcheck(inputs, rng, digits):
     _assert_gradcheck(report, exact_zero=("layers.0.b",))
 
 
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_gradcheck_holds_dropout_masks_itself_for_any_seed(seed, rng):
+    """gradcheck draws the network's masks once and holds them for every difference (no fixed_masks
+    needed by the caller), whatever the network's seed: the float64 copy takes the same masks."""
+    net = _modern(seed=seed)
+    x, y = rng.random((3, 1, 28, 28)), rng.integers(0, 10, 3)
+    report = gpucnn.gradcheck(net, x, y, max_per_param=15)
+    _assert_gradcheck(report, exact_zero=("layers.0.b",))
+    assert 0 < net.layers[5].keep.mean() < 1
+
 # --- float32 against PyTorch autograd -------------------------------------------------------------
 
 def _torch_forward(net, xt, params, pool, start=False):
