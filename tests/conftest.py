@@ -1,5 +1,7 @@
 """Shared fixtures: the backend parametrisation and the one tolerance table."""
+import http.server
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -49,3 +51,32 @@ def digits():
     """The 5,000 real MNIST digits of the offline sample: (x float32 (5000,1,28,28), y int64)."""
     from gpucnn import data
     return data.load_sample()
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server: set .files[path] = bytes; .hits counts requests per path."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
+            body = srv.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.files, srv.hits = {}, {}
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -8,7 +8,6 @@ saying which backend ``auto`` chose and why. Error cases of the CLI are in tests
 """
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import re
@@ -16,7 +15,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -280,33 +278,6 @@ def test_predict_an_empty_folder_is_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- download
-
-@pytest.fixture
-def server():
-    """A local HTTP server on 127.0.0.1: .files[path] = bytes."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = srv.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.files = {}
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
 
 @pytest.fixture
 def served_mnist(server, digits, monkeypatch):

@@ -6,14 +6,12 @@ The downloader is exercised against a local http.server on 127.0.0.1; nothing le
 """
 import gzip
 import hashlib
-import http.server
 import os
 import pickle
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -585,35 +583,6 @@ def test_load_npy(tmp_path):
 
 
 # ---------------------------------------------------------------- the downloader
-
-@pytest.fixture
-def server():
-    """A local HTTP server: set .files[path] = bytes; .hits counts requests per path."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
-            body = srv.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.files, srv.hits = {}, {}
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
 
 def serve_mnist(srv, prefix, raw):
     """Serve gzipped synthetic MNIST under `prefix`; return the md5 table for it."""
