@@ -527,6 +527,10 @@ def test_bad_mnist_directories(kind, fragments, tmp_path):
 
 # ---------------------------------------------------------------- images
 
+DIGIT = np.zeros((28, 28))
+DIGIT[5:22, 12:16] = 1.0                                    # a "1": ink 1.0 on a black background
+
+
 def _bad_image(kind, tmp_path):
     suffix = ".png" if kind.startswith("png") else ".jpg" if kind == "jpg" else ".npy"
     path = tmp_path / f"digit{suffix}"
@@ -571,15 +575,60 @@ def _bad_image(kind, tmp_path):
     if kind == "jpg":
         path.write_bytes(b"\xff\xd8\xff")
         return path, ["unsupported image type '.jpg'"]
+    if kind == "npy-float-3.7":              # neither [0, 1] nor 0..255 pixels: refused, not guessed
+        np.save(path, DIGIT * 3.7)
+        return path, ["float values up to 3.7", "neither", "rescale to [0, 1]"]
+    if kind == "npy-float-fractional-255":
+        np.save(path, DIGIT * 254.5)
+        return path, ["up to 254.5", "whole pixel values 0..255"]
+    if kind == "npy-float-negative":
+        np.save(path, DIGIT - 0.5)
+        return path, ["min -0.5"]
+    if kind == "npy-int-mask":               # 0/1 read as 0..255 would be a black image
+        np.save(path, DIGIT.astype(np.int64))
+        return path, ["only 0 and 1", "save it as bool"]
+    if kind in ("fifo-npy", "fifo-png"):
+        path = tmp_path / f"pipe.{kind[-3:]}"
+        os.mkfifo(path)
+        return path, ["is a FIFO", "not an image file"]
+    if kind == "dev-zero-png":
+        path = tmp_path / "zero.png"
+        os.symlink("/dev/zero", path)
+        return path, ["a symlink to /dev/zero", "character device"]
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["npy-shape", "npy-nan", "npy-range", "npy-complex", "npy-is-npz",
                                   "npy-empty", "npy-pickle", "npy-huge-header", "png-size", "png-not-png",
-                                  "missing-png", "missing-npy", "jpg"])
+                                  "missing-png", "missing-npy", "jpg", "npy-float-3.7", "npy-float-fractional-255",
+                                  "npy-float-negative", "npy-int-mask", "fifo-npy", "fifo-png", "dev-zero-png"])
 def test_bad_images(kind, tmp_path):
     path, fragments = _bad_image(kind, tmp_path)
+    start = time.monotonic()
     expect(lambda: data.load_image(path), DataError, *fragments)
+    assert time.monotonic() - start < 5                  # a FIFO is never waited on
+
+
+# One rule per dtype, each with a clear reading (gpucnn/data/images.py npy_scale): the same digit in
+# every encoding below loads as the same [0, 1] image.
+IMAGE_ENCODINGS = {
+    "float-0-1": lambda d: d,
+    "float-resampled-1.02": lambda d: d * 1.02,            # clipped to 1, not taken as 0..255
+    "float-slightly-negative": lambda d: d * 1.02 - 0.01,
+    "float16": lambda d: d.astype(np.float16),
+    "float-whole-0-255": lambda d: d * 255,
+    "uint8": lambda d: (d * 255).astype(np.uint8),
+    "int64": lambda d: (d * 255).astype(np.int64),
+    "bool": lambda d: d > 0.5,
+}
+
+
+@pytest.mark.parametrize("encoding", IMAGE_ENCODINGS)
+def test_image_encodings_load_as_the_same_digit(encoding, tmp_path):
+    np.save(tmp_path / "d.npy", IMAGE_ENCODINGS[encoding](DIGIT))
+    image = data.load_image(tmp_path / "d.npy")
+    assert image.dtype == np.float32 and image.shape == (1, 1, 28, 28)
+    np.testing.assert_allclose(image[0, 0], DIGIT, atol=0.011)
 
 
 @pytest.mark.parametrize("png, fragments", [

@@ -7,6 +7,7 @@ can be made to allocate more than a small image. Every failure, Pillow's include
 """
 import io
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -33,10 +34,29 @@ def _gray(pixels, max_value):
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path):
+    """A regular file opened for reading: a FIFO is never opened blocking, a device never read."""
+    try:      # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a regular file")
+        link = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise DataError(f"{path}{link} is {kind}, not an image file")
+    return os.fdopen(fd, "rb")
+
+
 def _read_small(path):
     """The file's bytes, refusing anything over _MAX_IMAGE_BYTES before reading it."""
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > _MAX_IMAGE_BYTES:
                 raise DataError(f"{path}: {size} bytes is too large for a 28x28 image")
@@ -96,12 +116,51 @@ def _read_npy_image(path):
     return read_npy(io.BytesIO(blob), len(blob), str(path))
 
 
+FLOAT_SLACK = 0.05     # floats up to 1.05 (or down to -0.05) are [0, 1] images, clipped
+
+
+def npy_scale(a, path):
+    """The pixel value that means white in an .npy image; refuses what has no one clear reading.
+
+    - bool: 1 (True is ink);
+    - integers: 255; values must lie in 0..255, and an image of only 0 and 1 is refused (a 0/1 mask
+      read as 0..255 pixels would be black: save it as bool, as 0/255, or as floats);
+    - floats with max <= 1 + FLOAT_SLACK: 1 (a digit resampled to 1.02 is still a [0, 1] image);
+      whole-number floats up to 255: 255 (a uint8 image saved as float); anything else is refused.
+    """
+    if a.dtype == np.bool_:
+        return 1
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise DataError(f"{path}: array dtype {a.dtype} is not numeric")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        raise DataError(f"{path}: the image contains NaN or inf")
+    lo, hi = float(a.min()), float(a.max())
+    if np.issubdtype(a.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataError(f"{path}: integer values outside 0..255 (min {lo:g}, max {hi:g})")
+        if hi == 1:
+            raise DataError(f"{path}: integer values only 0 and 1: a 0/1 mask read as 0..255 pixels would "
+                            "be black; save it as bool, as 0/255, or as floats in [0, 1]")
+        return 255
+    if lo < -FLOAT_SLACK:
+        raise DataError(f"{path}: values outside 0..255 (min {lo:g}, max {hi:g}): expected floats in [0, 1] "
+                        "or pixel values 0..255")
+    if hi <= 1 + FLOAT_SLACK:
+        return 1
+    if hi <= 255 and np.all(a == np.round(a)):
+        return 255
+    raise DataError(f"{path}: float values up to {hi:g} are neither an image in [0, 1] (up to "
+                    f"{1 + FLOAT_SLACK:g} is clipped) nor whole pixel values 0..255; rescale to [0, 1]")
+
+
 def load_image(path):
     """One digit from .npy or .png -> float32 (1, 1, 28, 28) in [0, 1]; never resized.
 
-    .npy: shape (28, 28), (1, 28, 28) or (1, 1, 28, 28); integers are taken as 0..255, floats as 0..1
-    (or 0..255 when any value exceeds 1). .png: colour becomes luma, alpha composites onto black.
-    The image must already look like MNIST (light digit on black, roughly centred): no inversion here.
+    .npy: shape (28, 28), (1, 28, 28) or (1, 1, 28, 28), scaled by ``npy_scale``: integers are
+    0..255, floats [0, 1] (a little over 1 from resampling is clipped), whole-number floats up to 255
+    are 0..255, bool is 0/1; anything else is refused rather than guessed. .png: colour becomes luma,
+    alpha composites onto black. The image must already look like MNIST (light digit on black,
+    roughly centred): no inversion here.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -109,15 +168,8 @@ def load_image(path):
         a = _read_npy_image(path)
         if a.shape not in ((28, 28), (1, 28, 28), (1, 1, 28, 28)):
             raise DataError(f"{path}: array shape {a.shape}, expected 28x28")
-        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-            raise DataError(f"{path}: array dtype {a.dtype} is not numeric")
-        integer = np.issubdtype(a.dtype, np.integer)
-        a = a.astype(np.float32).reshape(28, 28, 1)
-        if not np.all(np.isfinite(a)):
-            raise DataError(f"{path}: the image contains NaN or inf")
-        if a.min() < 0 or a.max() > 255:
-            raise DataError(f"{path}: values outside 0..255 (min {a.min():g}, max {a.max():g})")
-        gray = _gray(a, 255 if integer or a.max() > 1 else 1)
+        scale = npy_scale(a, path)
+        gray = _gray(np.clip(a.astype(np.float32).reshape(28, 28, 1), 0, None), scale)
     elif suffix == ".png":
         gray = _gray(*_png_pixels(path))
     else:
