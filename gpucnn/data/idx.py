@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .files import open_regular
 
 IDX_IMAGES_MAGIC = 0x00000803      # unsigned byte, 3 dims
 IDX_LABELS_MAGIC = 0x00000801      # unsigned byte, 1 dim
@@ -21,7 +22,8 @@ def _read_bytes(path):
     """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name says)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open_regular(path, "an IDX file") as f:      # a FIFO named as MNIST must not hang us
+            raw = f.read()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
     if raw[:2] != b"\x1f\x8b":

@@ -7,13 +7,13 @@ can be made to allocate more than a small image. Every failure, Pillow's include
 """
 import io
 import os
-import stat
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .files import open_regular
 from .npy import read_npy
 from .png import decode_png
 
@@ -34,29 +34,10 @@ def _gray(pixels, max_value):
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _open_regular(path):
-    """A regular file opened for reading: a FIFO is never opened blocking, a device never read."""
-    try:      # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from e
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a regular file")
-        link = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
-        raise DataError(f"{path}{link} is {kind}, not an image file")
-    return os.fdopen(fd, "rb")
-
-
 def _read_small(path):
     """The file's bytes, refusing anything over _MAX_IMAGE_BYTES before reading it."""
     try:
-        with _open_regular(path) as f:
+        with open_regular(path, "an image file") as f:
             size = os.fstat(f.fileno()).st_size
             if size > _MAX_IMAGE_BYTES:
                 raise DataError(f"{path}: {size} bytes is too large for a 28x28 image")
