@@ -75,10 +75,11 @@ def get_backend(name=None, refresh=False):
     """
     if isinstance(name, Backend):
         return name
+    source = "backend"
     if name is None:
-        name = os.environ.get("GPUCNN_BACKEND", "auto") or "auto"
+        name, source = os.environ.get("GPUCNN_BACKEND", "auto") or "auto", "$GPUCNN_BACKEND"
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+        raise ValueError(f"unknown {source} {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
     name = name.lower()
     if name == "numpy":
         return _numpy_backend

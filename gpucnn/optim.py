@@ -26,7 +26,10 @@ import numpy as np
 
 
 def check_real(value, name, minimum=0.0, strict=False):
-    """Any real number (Python or NumPy) that is finite and >= minimum (> when strict) -> float."""
+    """Any real number (Python or NumPy, or a 0-d real array) that is finite and >= minimum (> when
+    strict) -> float."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or (value <= minimum if strict else value < minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"

@@ -164,3 +164,19 @@ def test_execution_path_follows_the_mode():
                   loss="cross_entropy", backend="numpy")
     assert net.execution_path().startswith("layer by layer (layer 4 Dropout")
     assert net.eval().execution_path().startswith("fused CPU plan")
+
+
+def test_environment_settings_are_checked_and_named(monkeypatch):
+    monkeypatch.setenv("GPUCNN_FAST", "fastest")
+    with pytest.raises(ValueError, match=r"\$GPUCNN_FAST must be auto, strict or off"):
+        gpucnn.seed_network(backend="numpy")
+    monkeypatch.setenv("GPUCNN_FAST", "strict")
+    monkeypatch.setenv("GPUCNN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"unknown \$GPUCNN_BACKEND 'gpu'"):
+        gpucnn.seed_network()
+
+
+def test_a_zero_dimensional_array_is_a_real_number_for_the_optimizer():
+    assert gpucnn.optim.SGD(np.array(0.25), momentum=np.float32(0.5)).lr == 0.25
+    with pytest.raises(ValueError, match="lr"):
+        gpucnn.optim.SGD(np.array([0.25]))

@@ -78,7 +78,9 @@ def plan_for(net):
     network holds a library layer that has no stage and no stated reason (NO_STAGE), so a layer type
     added without its stage fails loudly; ``GPUCNN_FAST=off`` always runs the generic path.
     """
-    mode = os.environ.get("GPUCNN_FAST", "auto").lower()
+    mode = (os.environ.get("GPUCNN_FAST") or "auto").lower()
+    if mode not in ("auto", "strict", "off"):
+        raise ValueError(f"$GPUCNN_FAST must be auto, strict or off, got {mode!r}")
     if mode == "off":
         return None, "GPUCNN_FAST=off"
     if net.backend.name != "numpy":
