@@ -12,6 +12,8 @@ import contextlib
 import copy
 import math
 import os
+import signal
+import threading
 import warnings
 
 import numpy as np
@@ -24,6 +26,7 @@ from .losses import get_loss
 from .optim import get_optimizer
 from .schedules import get_schedule
 from .training import Trainer
+from .training.loop import stop_on_signals
 from .validation import check_flag, check_inputs, check_labels, check_positive_int
 
 
@@ -310,7 +313,7 @@ class Network:
             warnings.warn(f"resume=True but there is no checkpoint at {os.path.abspath(checkpoint)}: "
                           "training from scratch (the checkpoint is written there as training goes)",
                           NoCheckpointWarning, stacklevel=2)
-        with self.mode(True):
+        with self.mode(True), _sigterm_stops_like_ctrl_c(comm):
             return trainer.run(validation)
 
     # -- inference -------------------------------------------------------------------------------
@@ -414,6 +417,18 @@ class Network:
         serialization.check_registered(self, "pickle")
         return (_unpickle, (self.architecture(), self.get_arrays(), self.backend.name, self.seed,
                             self.dtype.name, self.training, self.shuffle_rng.bit_generator.state))
+
+
+def _sigterm_stops_like_ctrl_c(comm):
+    """During fit, a SIGTERM that would kill the process (its default action) instead lets the step in
+    flight finish, saves fit's checkpoint when it has one, and raises ``Interrupted`` (a
+    KeyboardInterrupt, as Ctrl-C raises): no half-written file, and a message. A handler of the
+    caller's (the CLI's, or the user's own) is left alone, as are threads other than the main one and
+    distributed runs (there the launcher ends the job)."""
+    if comm is not None or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return contextlib.nullcontext()
+    return stop_on_signals(None, signals=(signal.SIGTERM,))
 
 
 def _check_distinct(layers):

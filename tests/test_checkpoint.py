@@ -285,3 +285,23 @@ def test_a_tampered_checkpoint_is_refused_before_anything_changes(small, tmp_pat
     for name, value in net.get_params().items():
         np.testing.assert_array_equal(value, before[name])
     assert json.dumps(net.shuffle_rng.bit_generator.state) == shuffle
+
+
+def test_sigterm_during_fit_stops_like_ctrl_c_with_a_message(tmp_path):
+    """Through the API too, SIGTERM lets the step finish, saves the checkpoint and raises Interrupted
+    (a KeyboardInterrupt): a message naming the signal and the checkpoint, not a silent -15."""
+    path = tmp_path / "run.npz"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        for _ in range(2):
+            assert proc.stdout.readline().strip() == b"writing"
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, (proc.returncode, err)         # an exception, not death by signal
+    assert b"Interrupted: SIGTERM: stopped in epoch" in err and str(path).encode() in err
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]
+    assert np.isfinite(gpucnn.load(path).get_params()["layers.4.W"]).all()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL    # (in this process: untouched)
