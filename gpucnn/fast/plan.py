@@ -6,6 +6,9 @@ from .common import THREAD_MIN, Plan
 from .stages import STAGES, ActivationStage, ConvStage, DenseStage, FlattenStage, MaxPoolStage, PassStage
 
 
+CHEAP_IMAGE_FLOPS = 200_000     # below this per image, chunks grow past 32 images (see StagePlan)
+
+
 class StagePlan(Plan):
     """The network's layers as stages, with the fusions of stages.py between neighbours.
 
@@ -25,11 +28,16 @@ class StagePlan(Plan):
             self.stages.append(stage)
             shape = stage.out_shape
         self._fuse()
-        # chunk: what one image needs in scratch, times chunk ~ 6 MB (in cache, most of it)
+        # chunk: what one image needs in scratch, times chunk ~ 6 MB (in cache, most of it), at most
+        # 32 images; a network as cheap per image as the seed one (~0.1 MFLOP) takes up to 128: its
+        # chunk's time is mostly the stages' Python-level calls, which a bigger chunk shares out
+        # (measured, seed net on 2 cores: b256 training 64k -> 104-129k img/s, inference 106-144k ->
+        # 161-213k; LeNet-5 and the wide net are best at <= 32).
         per_image = max(1, sum(stage.floats for stage in self.stages))
-        self.chunk = int(np.clip((6 << 20) // (4 * per_image), 1, 32))
-        # two threads from two chunks on when an image is worth it, else from THREAD_MIN images
         flops = sum(stage.flops for stage in self.stages)
+        most = 128 if flops < CHEAP_IMAGE_FLOPS else 32
+        self.chunk = int(np.clip((6 << 20) // (4 * per_image), 1, most))
+        # two threads from two chunks on when an image is worth it, else from THREAD_MIN images
         self.thread_min = 2 * self.chunk if flops > 500_000 else max(THREAD_MIN, 2 * self.chunk)
         # OpenBLAS runs a gemm of m*n*k <= 4 * 65536 on the calling thread whatever its setting:
         # below that, the thread guard is skipped (it costs more than the matmuls at batch 1).
