@@ -217,7 +217,18 @@ class ActivationStage(Stage):
         return da * self.cls.prime(a, a if z is None else z)
 
 
-class MaxPoolStage(Stage):
+class PoolStage(Stage):
+    """What a pooling stage shares: the layer's window and stride, the pooled (oh, ow, c) shape."""
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        h, w, c = in_shape
+        self.size, self.stride = layer.size, layer.stride
+        self.out_shape = (L.conv_outsize(h, self.size, 0, self.stride),
+                          L.conv_outsize(w, self.size, 0, self.stride), c)
+
+
+class MaxPoolStage(PoolStage):
     """Max-pool: lowering.first_max over the pool_taps views; backward lowering.route_to_argmax.
 
     ``act``: the activation before it, when sigma' is applied here at the argmax only.
@@ -226,9 +237,6 @@ class MaxPoolStage(Stage):
     def __init__(self, layer, index, in_shape):
         super().__init__(layer, index, in_shape)
         h, w, c = in_shape
-        self.size, self.stride = layer.size, layer.stride
-        self.out_shape = (L.conv_outsize(h, self.size, 0, self.stride),
-                          L.conv_outsize(w, self.size, 0, self.stride), c)
         self.act = None
         self.blocked = False              # the input comes tap-major, (s*s, m*poh*pow, c) (ConvStage.crop)
         self.floats = 2 * h * w * c
@@ -286,15 +294,8 @@ class MaxPoolStage(Stage):
         return da_prev
 
 
-class AvgPoolStage(Stage):
+class AvgPoolStage(PoolStage):
     """Average pooling: the reference op itself, on (m, c, h, w) views of the channel-last arrays."""
-
-    def __init__(self, layer, index, in_shape):
-        super().__init__(layer, index, in_shape)
-        h, w, c = in_shape
-        self.size, self.stride = layer.size, layer.stride
-        self.out_shape = (L.conv_outsize(h, self.size, 0, self.stride),
-                          L.conv_outsize(w, self.size, 0, self.stride), c)
 
     def forward(self, chunk, a, p):
         return reference.avgpool2d_forward(a.transpose(0, 3, 1, 2), self.size, self.stride).transpose(0, 2, 3, 1)

@@ -219,13 +219,19 @@ class CudaOps:
                      n, c, h, w, f, kh, kw, oh, ow, stride, *padding)
         return da_prev
 
+    @staticmethod
+    def _check_pool(op, x_shape, size, stride):
+        """-> (oh, ow) of size x size windows at ``stride`` over (h, w); ShapeError if none fits."""
+        h, w = x_shape
+        if size < 1 or stride < 1 or size > min(h, w):
+            raise ShapeError(f"{op}: window {size} (stride {stride}) does not fit {h}x{w}")
+        return _out_size(h, size, stride, 0), _out_size(w, size, stride, 0)
+
     def maxpool2d_forward(self, x, size, stride):
         """a = max over each window, argmax = first maximum (int32, i*size + j); -> (n, c, oh, ow) x2"""
         x, size, stride = self._f32(x), int(size), int(stride)
         n, c, h, w = x.shape
-        if size < 1 or stride < 1 or size > min(h, w):
-            raise ShapeError(f"maxpool2d: window {size} (stride {stride}) does not fit {h}x{w}")
-        oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+        oh, ow = self._check_pool("maxpool2d", (h, w), size, stride)
         a = self.empty((n, c, oh, ow), self.xp.float32)
         argmax = self.empty((n, c, oh, ow), self.xp.int32)
         self._launch("maxpool2d_forward", "thread", a.size, a, argmax, x, n, c, h, w, oh, ow, size, stride)
@@ -237,7 +243,7 @@ class CudaOps:
         argmax = self.xp.ascontiguousarray(argmax, dtype=self.xp.int32)
         (h, w), size, stride = _pair(x_shape, "x_shape"), int(size), int(stride)
         n, c, oh, ow = delta.shape
-        if argmax.shape != delta.shape or (oh, ow) != ((h - size) // stride + 1, (w - size) // stride + 1):
+        if argmax.shape != delta.shape or (oh, ow) != self._check_pool("maxpool2d_backward", (h, w), size, stride):
             raise ShapeError(f"maxpool2d_backward: delta {delta.shape}, argmax {argmax.shape} do not "
                              f"match x_shape {(h, w)}, size {size}, stride {stride}")
         da_prev = self.empty((n, c, h, w), self.xp.float32)
@@ -249,9 +255,7 @@ class CudaOps:
         """a = mean of each size x size window; x (n, c, h, w) -> (n, c, oh, ow)"""
         x, size, stride = self._f32(x), int(size), int(stride)
         n, c, h, w = x.shape
-        if size < 1 or stride < 1 or size > min(h, w):
-            raise ShapeError(f"avgpool2d: window {size} (stride {stride}) does not fit {h}x{w}")
-        oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+        oh, ow = self._check_pool("avgpool2d", (h, w), size, stride)
         a = self.empty((n, c, oh, ow), self.xp.float32)
         self._launch("avgpool2d_forward", "thread", a.size, a, x, n, c, h, w, oh, ow, size, stride)
         return a
@@ -261,7 +265,7 @@ class CudaOps:
         delta = self._f32(delta)
         (h, w), size, stride = _pair(x_shape, "x_shape"), int(size), int(stride)
         n, c, oh, ow = delta.shape
-        if size < 1 or stride < 1 or (oh, ow) != ((h - size) // stride + 1, (w - size) // stride + 1):
+        if (oh, ow) != self._check_pool("avgpool2d_backward", (h, w), size, stride):
             raise ShapeError(f"avgpool2d_backward: delta {delta.shape} does not match x_shape {(h, w)}, "
                              f"size {size}, stride {stride}")
         da_prev = self.empty((n, c, h, w), self.xp.float32)
