@@ -268,7 +268,7 @@ class GpuStep:
         with self._on_stream():
             self._launch_all()
 
-    def read_epoch(self, steps=None):
+    def read_epoch(self):
         """The one device-to-host read: -> dict(cost (steps,), correct (steps,), diverged, updates).
 
         ``diverged`` is the 0-based step of the first non-finite cost, or None; ``cost`` and
@@ -278,7 +278,7 @@ class GpuStep:
             state = to_host(self.state)
             cost, correct = to_host(self.step_cost), to_host(self.step_correct)
         self.synchronize()
-        done = min(int(state[0]), self.steps) if steps is None else steps
+        done = min(int(state[0]), self.steps)
         diverged = int(state[2]) - 1 if state[2] else None
         good = done if diverged is None else diverged
         return {"cost": cost[:good].astype(np.float64), "correct": correct[:good].astype(np.int64),

@@ -387,3 +387,22 @@ def test_two_threads_run_when_they_pay():
         picks.append(two)
         choice.record(64, two, 3.0 if two else 2.0)          # now the machine is busy: one wins
     assert picks[-16:].count(True) <= 2
+
+
+def test_a_failing_chunk_raises_its_own_error_and_stops_the_worker(batch, monkeypatch):
+    """An error in a two-thread step reaches the caller as itself, and the worker stops taking chunks."""
+    pytest.importorskip("threadpoolctl")
+    net = NETS["seed-sigmoid"]()
+    plan = net._fast
+    plan.threads = 2
+    _small_chunks(plan)
+    x, y1 = inputs_for(net, batch, 70)
+    calls = []
+
+    def failing(chunk, *args):
+        calls.append(chunk.index)
+        raise ArithmeticError("planted")
+    monkeypatch.setattr(plan, "_forward_chunk", failing)
+    with pytest.raises(ArithmeticError, match="planted"):
+        plan.train_step(x, y1, NoStep())
+    assert len(calls) <= 2                   # each thread failed on its first chunk, none went on

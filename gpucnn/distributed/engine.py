@@ -196,17 +196,16 @@ class DistributedEpoch(HostEpoch):
         super().__init__(trainer)
         self.comm = comm
         self.net = trainer.net
-        plan = getattr(self.net, "_fast", None)             # the fused CPU plan, or None
-        self.plan = plan if hasattr(plan, "chunk_parts") else None
         self.layout = None                                  # of a chunk's parts, on the first fused step
 
     def train_step(self, xb, y1, optimizer):
-        if _runs(self.plan):                                # as Network.train_step decides, every step
-            return self._fused_step(xb, y1, optimizer)
+        plan = self.net._plan()                             # as Network.train_step decides, every step
+        if plan is not None:
+            return self._fused_step(plan, xb, y1, optimizer)
         return self._generic_step(xb, y1, optimizer)
 
-    def _fused_step(self, xb, y1, optimizer):
-        plan, comm, net = self.plan, self.comm, self.net
+    def _fused_step(self, plan, xb, y1, optimizer):
+        comm, net = self.comm, self.net
         xb, y1 = np.ascontiguousarray(xb, np.float32), np.ascontiguousarray(y1, np.float32)
         n, classes = xb.shape[0], y1.shape[1]
         chunks = plan.chunks(n)
@@ -272,11 +271,6 @@ class DistributedEpoch(HostEpoch):
         return cost, out
 
 
-def _runs(plan):
-    """Whether the fused plan can run the network now (a layer's mode may rule it out)."""
-    return plan is not None and (not hasattr(plan, "available") or plan.available() is None)
-
-
 def _layout(plan):
     """The keys and shapes of one chunk's parts, from a one-image step on zeros (nothing is stored)."""
     net = plan.net
@@ -291,8 +285,7 @@ def score(net, comm, x, y1, labels, batch_size=1024):
     """Network.score over the ranks: each batch's rows split (at the plan's chunks when there is
     one), the outputs all-gathered, the sums as one process makes them."""
     comm = comm.for_network(net)
-    xp, plan = net.backend.xp, getattr(net, "_fast", None)
-    plan = plan if hasattr(plan, "chunks") and _runs(plan) else None
+    xp, plan = net.backend.xp, net._plan()
     cost, correct, n = 0.0, 0, x.shape[0]
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size]

@@ -69,10 +69,6 @@ class PartLayout:
             parts.append(part)
         return parts
 
-    def __eq__(self, other):
-        return isinstance(other, PartLayout) and (self.keys, self.shapes, self.dtypes) == \
-            (other.keys, other.shapes, other.dtypes)
-
 
 def split_gathered(flat, counts):
     """The concatenation of every rank's vector (``counts`` elements each) -> the list of vectors."""

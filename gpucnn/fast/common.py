@@ -318,10 +318,10 @@ class Plan:
                 one(chunk)
 
         if two and self.threads is None:
-            return self.choice.timed((kind, n), lambda two: self._work(work, two))
-        return self._work(work, two)
+            return self.choice.timed((kind, n), lambda two: self._work(work, two, stop))
+        return self._work(work, two, stop)
 
-    def _work(self, work, two):
+    def _work(self, work, two, stop):
         with ONE_BLAS_THREAD:
             if not two:
                 return work()

@@ -93,13 +93,9 @@ class FusedEpoch(_DeviceEpoch):
 
     def _read(self):
         t, result = self.t, self.step.read_epoch()
-        first = self.accounted
         diverged = result["diverged"]
         upto = t.step if diverged is None else diverged
-        # read_epoch's arrays are indexed by the epoch's step; pad what this run did not do
-        costs = [0.0] * first + list(result["cost"][first:])
-        corrects = [0] * first + list(result["correct"][first:])
-        self._account(costs, corrects, upto)
+        self._account(result["cost"], result["correct"], upto)    # indexed by the epoch's step
         if diverged is not None:
             if result["updates"]:                # as HostEpoch: back to the last parameters whose
                 self.step.restore_previous()     # cost was finite, when this fit had any
@@ -150,10 +146,10 @@ class GenericEpoch(_DeviceEpoch):
         bad = ~xp.isfinite(cost)
         finite_and_live = ~(bad | self.frozen)
         for last, saved in zip(self.last_good, self.before):
-            last[...] = xp.where(finite_and_live, saved, last)
+            xp.copyto(last, saved, where=finite_and_live)      # in place: no temporary per parameter
         self.frozen = self.frozen | bad
         for p, last in zip(t.params, self.last_good):
-            p.value[...] = xp.where(self.frozen, last, p.value)
+            xp.copyto(p.value, last, where=self.frozen)
         self.costs[step] = cost
         self.corrects[step] = (out.argmax(axis=1) == t.labels[idx]).sum()
 

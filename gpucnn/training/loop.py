@@ -111,10 +111,9 @@ class Trainer:
                 self.epoch_rng_state = copy.deepcopy(self.net.shuffle_rng.bit_generator.state)
             if self.schedule is not None:
                 self.optimizer.lr = scheduled_lr(self.schedule, self.epoch, self.base_lr, self.epochs)
-            self.epoch_started = time.perf_counter()
             timer, first = EpochTimer(), min(self.step * self.batch_size, self.n)
             self.engine.run_epoch(self.order())
-            self._end_epoch(validation, timer.describe(self.n - first))
+            self._end_epoch(validation, timer, self.n - first)
             stop = self._callbacks_stop()
             if self.epoch < self.epochs and not stop:
                 self.check_stop()
@@ -162,7 +161,8 @@ class Trainer:
             checkpoint.save(self, path)
         raise Interrupted(_STOP.signal_name, path, epoch, step, -(-self.n // self.batch_size))
 
-    def _end_epoch(self, validation, timing=None):
+    def _end_epoch(self, validation, timer, images):
+        """History and the epoch line; ``timer`` started with the epoch, ``images`` trained since."""
         h = self.history
         h["loss"].append(self.cost_sum / self.n)
         h["accuracy"].append(int(self.correct) / self.n)
@@ -172,10 +172,10 @@ class Trainer:
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
-        h["time"].append(time.perf_counter() - self.epoch_started)
+        timing = timer.describe(images)
+        h["time"].append(time.perf_counter() - timer.start)
         h["lr"].append(self.optimizer.lr)
-        if timing:
-            line += f" ({timing})"
+        line += f" ({timing})"
         if self.verbose:
             print(line, flush=True)
         self.epoch, self.step, self.cost_sum, self.correct = self.epoch + 1, 0, 0.0, 0

@@ -40,11 +40,6 @@ def notebook_tqdm():
     return auto if issubclass(auto, tqdm_notebook) else None
 
 
-def in_notebook():
-    """True when the bar is tqdm's Jupyter widget (a kernel with ipywidgets)."""
-    return notebook_tqdm() is not None
-
-
 class Progress:
     """One epoch's bar: ``update(done, running_loss)`` after each step, ``close()`` at the end.
 
