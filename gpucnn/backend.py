@@ -199,6 +199,15 @@ def _gpu_step_note(info):
             "allows it; the network's summary says which")
 
 
+def auto_reason():
+    """Why ``auto`` did not pick CuPy, from the probe ``auto`` already ran (no second probe: a
+    failed one is reused by ``auto``, so its reason is the one that decided)."""
+    failed = _cache.get("cupy_failed")
+    if failed is not None:
+        return failed.get("cupy_reason") or "CuPy is not usable"
+    return backend_info().get("cupy_reason") or "CuPy is not usable"
+
+
 def backend_info(refresh=False):
     """What ``auto`` picks and why: a dict fit for printing (``gpucnn info``).
 

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from . import distributed, fast, gpu_step, layers as L, serialization, trace as tracing
-from .backend import backend_info, get_backend, to_numpy
+from .backend import auto_reason, get_backend, to_numpy
 from .errors import ModelFileError, NoCheckpointWarning, ShapeError
 from .callbacks import Callback
 from .losses import get_loss
@@ -366,8 +366,7 @@ class Network:
         """'backend numpy (auto: CuPy is not installed ...); fused CPU plan SeedPlan': what fit prints first."""
         name = self.backend.name
         if self.auto_backend:
-            why = "CuPy sees a GPU and our kernels compile" if name == "cupy" \
-                else backend_info().get("cupy_reason") or "CuPy is not usable"
+            why = "CuPy sees a GPU and our kernels compile" if name == "cupy" else auto_reason()
             name += f" (auto: {why})"
         return f"backend {name}; {self.execution_path()}"
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import signal
-import stat
 import struct
 import tempfile
 import threading
@@ -32,6 +31,7 @@ import zlib
 
 import numpy as np
 
+from .data.files import describe_path, named as _named, open_regular
 from .data.npy import read_npy
 from .errors import ModelFileError
 from .layers import LAYER_TYPES
@@ -168,42 +168,6 @@ _NPY_HEADER_BYTES = 1 << 16
 _MAX_OPTIMIZER_SLOTS = 8
 
 
-def describe_path(path):
-    """What is at path when it is not a regular file: 'a directory', 'a FIFO (named pipe)', ... or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:                  # missing, a file used as a directory, no permission to look
-        return "a broken symlink" if os.path.islink(path) else None
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))
-    return next((kind for test, kind in kinds if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
-
-
-def _named(path):
-    """The path as the user gave it, and where a symlink really points."""
-    return f"{path} (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else str(path)
-
-
-def open_regular(path, what="model file", error=ModelFileError):
-    """A binary file object for path, which must be a regular file: a FIFO is never opened (that would
-    block), a device never read (``/dev/zero`` has no end); each is named for what it is."""
-    path = os.fspath(path)
-    kind = describe_path(path)
-    if kind is None and not os.path.exists(path):
-        raise error(f"{what} not found: {path}")
-    if kind is not None:
-        raise error(f"{_named(path)} is {kind}, not a {what}")
-    try:       # O_NONBLOCK: should a FIFO replace the file after the check, opening it does not block
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise error(f"cannot read {what} {_named(path)}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise error(f"{_named(path)} is not a regular file, not a {what}")
-    return os.fdopen(fd, "rb")
-
-
 def _member_limits(description, path):
     """{member name: the most bytes it may inflate to} for a model of this architecture."""
     layers, _, _ = layers_from(description)
@@ -286,7 +250,7 @@ def read_model_file(path):
     record); a member the architecture does not name is refused unread.
     """
     path = os.fspath(path)
-    with open_regular(path) as f:
+    with open_regular(path, "model file", ModelFileError) as f:
         try:
             return _read_npz(f, path)
         except ModelFileError:

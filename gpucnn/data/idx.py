@@ -22,7 +22,7 @@ def _read_bytes(path):
     """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name says)."""
     path = Path(path)
     try:
-        with open_regular(path, "an IDX file") as f:      # a FIFO named as MNIST must not hang us
+        with open_regular(path, "IDX file") as f:      # a FIFO named as MNIST must not hang us
             raw = f.read()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e

@@ -37,7 +37,7 @@ def _gray(pixels, max_value):
 def _read_small(path):
     """The file's bytes, refusing anything over _MAX_IMAGE_BYTES before reading it."""
     try:
-        with open_regular(path, "an image file") as f:
+        with open_regular(path, "image file") as f:
             size = os.fstat(f.fileno()).st_size
             if size > _MAX_IMAGE_BYTES:
                 raise DataError(f"{path}: {size} bytes is too large for a 28x28 image")
