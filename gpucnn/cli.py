@@ -15,6 +15,8 @@ import numpy as np
 from . import bench, data, distributed, models
 from .backend import backend_info
 from .errors import DataError, GpucnnError
+from .layers import ACTIVATIONS
+from .losses import LOSSES
 from .network import load
 from .optim import OPTIMIZERS, get_optimizer
 from .schedules import SCHEDULES
@@ -91,9 +93,9 @@ def build_parser():
                        help="lr per epoch: none (constant), step or cosine decay from --lr")
     train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     train.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
-    train.add_argument("--loss", choices=["quadratic", "cross_entropy"], default=None,
+    train.add_argument("--loss", choices=list(LOSSES), default=None,
                        help="cost (default: quadratic for seed, cross_entropy for the others)")
-    train.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=None,
+    train.add_argument("--activation", choices=list(ACTIVATIONS), default=None,
                        help="activation of the hidden layers (default: sigmoid for seed, relu for the others)")
     train.add_argument("--seed", type=int, default=0, help="initial weights and shuffle order")
     train.add_argument("--backend", default=None,

@@ -7,15 +7,7 @@
 ``ARCHITECTURES`` maps the names ``gpucnn train --arch`` accepts to the builder and its SGD learning rate.
 """
 from . import layers as L
-from .network import Network, seed_network
-
-_ACTIVATIONS = {"sigmoid": L.Sigmoid, "relu": L.ReLU, "tanh": L.Tanh}
-
-
-def _activation(name):
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
+from .network import classifier, seed_network
 
 
 def lenet5(backend=None, seed=0, loss="cross_entropy", activation="relu"):
@@ -25,23 +17,19 @@ def lenet5(backend=None, seed=0, loss="cross_entropy", activation="relu"):
     -> pool -> 16x5x5 -> flatten 400 -> 120 -> 84 -> 10 (61,706 parameters). With the quadratic loss a
     final sigmoid is added; with cross_entropy the softmax belongs to the loss.
     """
-    act = _activation(activation)
+    act = L.activation_class(activation)
     layers = [L.Conv2D(1, 6, 5, padding=2), act(), L.MaxPool2D(2), L.Conv2D(6, 16, 5), act(), L.MaxPool2D(2),
               L.Flatten(), L.Dense(400, 120), act(), L.Dense(120, 84), act(), L.Dense(84, 10)]
-    if loss == "quadratic":
-        layers.append(L.Sigmoid())
-    return Network(layers, loss=loss, backend=backend, seed=seed)
+    return classifier(layers, loss, backend, seed)
 
 
 def wide_network(backend=None, seed=0, loss="cross_entropy", activation="relu"):
     """The wide conv stack of the benchmarks: 1x28x28 -> conv 32@5x5 -> 32x24x24 -> pool -> 32x12x12
     -> conv 64@5x5 -> 64x8x8 -> pool -> 64x4x4 -> flatten 1024 -> dense 10 (62,346 parameters)."""
-    act = _activation(activation)
+    act = L.activation_class(activation)
     layers = [L.Conv2D(1, 32, 5), act(), L.MaxPool2D(2), L.Conv2D(32, 64, 5), act(), L.MaxPool2D(2),
               L.Flatten(), L.Dense(1024, 10)]
-    if loss == "quadratic":
-        layers.append(L.Sigmoid())
-    return Network(layers, loss=loss, backend=backend, seed=seed)
+    return classifier(layers, loss, backend, seed)
 
 
 # name -> (builder, default loss, default activation, SGD learning rate that trains it at batch 10)

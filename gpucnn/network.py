@@ -496,11 +496,14 @@ def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):
     ``activation="relu"`` with ``loss="cross_entropy"`` gives the modern variant (no final sigma:
     the softmax belongs to the loss).
     """
-    activations = {"sigmoid": L.Sigmoid, "relu": L.ReLU, "tanh": L.Tanh}
-    if activation not in activations:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(activations)}")
-    act = activations[activation]
-    layers = [L.Conv2D(1, 3, 5), act(), L.MaxPool2D(2), L.Flatten(), L.Dense(432, 10)]
+    act = L.activation_class(activation)
+    return classifier([L.Conv2D(1, 3, 5), act(), L.MaxPool2D(2), L.Flatten(), L.Dense(432, 10)],
+                      loss, backend, seed)
+
+
+def classifier(layers, loss, backend=None, seed=0):
+    """A Network of ``layers`` ending in the class scores: with the quadratic loss a final Sigmoid
+    is added; with cross_entropy the softmax belongs to the loss."""
     if loss == "quadratic":
-        layers.append(L.Sigmoid())
+        layers = [*layers, L.Sigmoid()]
     return Network(layers, loss=loss, backend=backend, seed=seed)

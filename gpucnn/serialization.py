@@ -172,7 +172,7 @@ def _member_limits(description, path):
     """{member name: the most bytes it may inflate to} for a model of this architecture."""
     layers, _, _ = layers_from(description)
     limits = dict(_MAX_JSON_BYTES)
-    for name, (_, shape) in expected_arrays(layers).items():
+    for name, shape in expected_arrays(layers).items():
         limits[name] = math.prod(shape) * 8 + _NPY_HEADER_BYTES
     return limits
 
@@ -284,30 +284,24 @@ def layers_from(description):
 
 
 def expected_arrays(layers):
-    """{name: (owner description, shape)} of every parameter and buffer a model of these layers holds."""
-    out = {}
-    for i, layer in enumerate(layers):
-        for key, shape in layer.param_shapes().items():
-            out[f"layers.{i}.{key}"] = (repr(layer), shape)
-        for key, shape in layer.buffer_shapes().items():
-            out[f"layers.{i}.{key}"] = (repr(layer), shape)
-    return out
+    """{name: shape} of every parameter and buffer a model of these layers holds."""
+    return {f"layers.{i}.{key}": shape for i, layer in enumerate(layers)
+            for key, shape in {**layer.param_shapes(), **layer.buffer_shapes()}.items()}
 
 
-def checked_arrays(layers, arrays, path, extra_prefixes=()):
+def checked_arrays(layers, arrays, path):
     """{name: value} of every parameter and buffer after checking names, shapes, dtypes and values.
 
     Raises ModelFileError before any change; an array the architecture does not know (and that is not
-    a checkpoint's state or under one of ``extra_prefixes``) is refused, not ignored.
+    a checkpoint's state) is refused, not ignored.
     """
     expected = expected_arrays(layers)
-    allowed = CHECKPOINT_MEMBERS + tuple(extra_prefixes)
-    unknown = sorted(k for k in arrays if k not in expected and not k.startswith(allowed))
+    unknown = sorted(k for k in arrays if k not in expected and not k.startswith(CHECKPOINT_MEMBERS))
     if unknown:
         raise ModelFileError(f"{path}: unknown arrays {', '.join(unknown[:5])}"
                              f"{' ...' if len(unknown) > 5 else ''}: not part of this architecture")
     out = {}
-    for name, (_, shape) in expected.items():
+    for name, shape in expected.items():
         if name not in arrays:
             raise ModelFileError(f"{path}: parameter {name} is missing (a different architecture?)")
         value = arrays[name]
@@ -320,10 +314,10 @@ def checked_arrays(layers, arrays, path, extra_prefixes=()):
     return out
 
 
-def assign_arrays(net, arrays, path="model", extra_prefixes=()):
+def assign_arrays(net, arrays, path="model"):
     """Copy saved parameters and buffers into net, checking that every name and shape matches.
 
     All or nothing: every array is checked before the first one is assigned.
     """
-    checked = checked_arrays(net.layers, arrays, path, extra_prefixes)
+    checked = checked_arrays(net.layers, arrays, path)
     net.load_arrays(checked)

@@ -27,7 +27,7 @@ parameters also gives ``param_shapes()`` ({key: shape}), ``fan_in`` (or ``initia
 it), so a saved file always loads; ``load`` finds the class by name, so the module defining it must
 be imported before ``gpucnn.load``.
 """
-from .activations import Activation, ReLU, Sigmoid, Tanh
+from .activations import ACTIVATIONS, Activation, ReLU, Sigmoid, Tanh, activation_class
 from .base import LAYER_TYPES, Layer, LayerOwnershipError, Parameter, conv_outsize, register_layer
 from .conv import Conv2D
 from .dense import Dense
@@ -37,5 +37,5 @@ from .pooling import AvgPool2D, MaxPool2D
 from .reshape import Flatten
 
 __all__ = ["Layer", "Parameter", "LayerOwnershipError", "register_layer", "LAYER_TYPES", "conv_outsize",
-           "Activation", "Sigmoid", "ReLU", "Tanh", "Conv2D", "Dense", "MaxPool2D", "Flatten",
+           "Activation", "ACTIVATIONS", "activation_class", "Sigmoid", "ReLU", "Tanh", "Conv2D", "Dense", "MaxPool2D", "Flatten",
            "AvgPool2D", "BatchNorm2D", "Dropout"]

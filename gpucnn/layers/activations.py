@@ -85,3 +85,13 @@ class Tanh(Activation):
     @staticmethod
     def prime(a, z):
         return 1 - a * a
+
+
+ACTIVATIONS = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh}
+
+
+def activation_class(name):
+    """The activation layer class for 'sigmoid', 'relu' or 'tanh' (the network builders' argument)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
