@@ -167,9 +167,13 @@ class Network:
         self.layers[0].backward_params(grad)       # nothing below the first layer needs dC/dx
         return None
 
-    def targets(self, y, n):
-        """Labels (n,) or one-hot rows (n, classes) -> one-hot rows on the backend, in the net's dtype."""
-        kind = check_labels(y, n, self.classes, distributions=self._distributions)
+    def targets(self, y, n, kind=None):
+        """Labels (n,) or one-hot rows (n, classes) -> one-hot rows on the backend, in the net's dtype.
+
+        ``kind``: what ``check_labels`` already said of y ('labels' or 'onehot'), so y is not checked
+        twice (fit checks everything before it builds anything)."""
+        if kind is None:
+            kind = check_labels(y, n, self.classes, distributions=self._distributions)
         if kind == "onehot":
             return self.backend.asarray(y, self.dtype)
         labels = self.backend.asarray(y, np.int64)
@@ -268,7 +272,7 @@ class Network:
           rank 0 prints and writes checkpoints.
         """
         check_inputs(x, self.input_shape)
-        check_labels(y, x.shape[0], self.classes, distributions=self._distributions)
+        y_kind = check_labels(y, x.shape[0], self.classes, distributions=self._distributions)
         n = x.shape[0]
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size", upper=n)
@@ -290,10 +294,10 @@ class Network:
                 raise TypeError(f"validation must be a pair (x, y), got {type(validation).__name__}")
             xv, yv = validation
             check_inputs(xv, self.input_shape, "validation x")
-            check_labels(yv, xv.shape[0], self.classes, "validation y", self._distributions)
-        xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n)   # on the device once
+            yv_kind = check_labels(yv, xv.shape[0], self.classes, "validation y", self._distributions)
+        xd, yd = self.backend.asarray(x, self.dtype), self.targets(y, n, y_kind)   # on the device once
         if validation is not None:
-            y1v = self.targets(yv, xv.shape[0])
+            y1v = self.targets(yv, xv.shape[0], yv_kind)
             validation = (self.backend.asarray(xv, self.dtype), y1v, y1v.argmax(axis=1))
         verbose = verbose and (comm is None or comm.rank == 0)
         if verbose:
@@ -469,25 +473,25 @@ def _unpickle(description, arrays, backend, seed, dtype, training, shuffle_state
 def build_network(description, backend=None, arrays=None, path="model"):
     """A fresh Network from an architecture description (as written by ``save``).
 
-    With ``arrays`` the parameters are checked against the layers *before* the network allocates
-    any weights, so a corrupt description cannot ask for gigabytes.
+    With ``arrays`` they are checked against the layers *before* the network allocates any weights
+    (a corrupt description cannot ask for gigabytes), then assigned: the network holds them.
     """
     backend = get_backend(backend)          # a bad backend name is the caller's error, not the file's
     layers, loss, input_shape = serialization.layers_from(description)
-    if arrays is not None:
-        serialization.checked_arrays(layers, arrays, path)
+    checked = serialization.checked_arrays(layers, arrays, path) if arrays is not None else None
     try:
-        return Network(layers, loss=loss, backend=backend, input_shape=input_shape)
+        net = Network(layers, loss=loss, backend=backend, input_shape=input_shape)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"the model's architecture cannot be built: {type(exc).__name__}: {exc}") from None
+    if checked is not None:
+        net.load_arrays(checked)
+    return net
 
 
 def load(path, backend=None):
     """Load a model saved by ``net.save(path)`` onto any backend."""
     description, arrays = serialization.read_model_file(path)
-    net = build_network(description, backend, arrays, path)
-    serialization.assign_arrays(net, arrays, path)
-    return net
+    return build_network(description, backend, arrays, path)
 
 
 def seed_network(backend=None, seed=0, loss="quadratic", activation="sigmoid"):
