@@ -4,13 +4,13 @@ The seed network's block. Its conv has one input channel and a handful of kernel
 matmul (m*oh*ow, kh*kw) @ (kh*kw, f) is thin and its copy runs in kw-float pieces; here the same
 lowering (lowering.windows) cuts wider windows and the kernel becomes a banded matrix:
 
-  1. im2row: R[(dy, m, py, blk), (i, u)] = x[m, 2*py + dy + i, blk*bw + u] (windows of kh x uw at
-     strides (2, bw), uw = bw + kw - 1), one strided copy per dy; R has one more column of ones.
-  2. zt = Tt @ R^T with the banded Tt[(dx, f, pv), (i, u)] = W[f, 0, i, u - (2*pv + dx)] (zero off
-     the band; last column b): ONE (f*bw, kh*uw + 1) @ (kh*uw + 1, 2*m*poh*nb) matmul. The band wastes
-     (bw + kw - 1) / kw of the flops and still wins. zt is channel-major (rows (dx, f, pv), columns
-     (dy, m, py, blk)), so each of the 4 taps of a 2x2 pooling window is a 2-D block of zt with long
-     contiguous rows.
+  1. im2row: R[(m, py, blk), (i, u)] = x[m, 2*py + i, blk*bw + u], the (kh + 1) x uw window under
+     each pair of output rows 2py, 2py + 1 and output columns blk*bw .. +bw (uw = bw + kw - 1), one
+     strided copy; R has one more column of ones.
+  2. zt = Tt @ R^T with the banded Tt[(dy, dx, f, pv), (i, u)] = W[f, 0, i - dy, u - (2*pv + dx)]
+     (zero off the band; last column b): ONE (4*f*bw/2, (kh+1)*uw + 1) @ (.., m*poh*nb) matmul. The
+     band wastes flops and still wins: R holds each pixel ~(kh+1)*uw/(2*bw) times, im2col kh*kw
+     times. Each of the 4 taps (dy, dx) of a 2x2 pooling window is then a contiguous row block of zt.
   3. a = the activation's sigma_scaled in place (its prescale folded into Tt: a power of 2, exact),
      the pool = lowering.first_max over the 4 blocks, handed on channel-last (m, poh, pow, f).
   4. backward: the activation's prime only at the argmax (a function of the pooled value),
@@ -33,12 +33,13 @@ class BandedConvPoolStage(Stage):
     conv is the valid conv of the zero-padded image (h, w below are the padded sizes).
 
     Layouts of a chunk of m images (pv: pooled column inside a block; sp = m*poh*nb):
-        R   (2*sp, K+1)  rows (dy, m, py, blk), columns (i, u) and a column of ones: im2row of x
-        Tt  (N, K+1)     rows (dx, f, pv): the banded conv matrix, transposed, and the bias
-        zt  (N, 2*sp)    = Tt @ R^T; tap (dy, dx) of every window = zt[dx*q:(dx+1)*q, dy*sp:(dy+1)*sp]
+        R   (sp, K+1)    rows (m, py, blk), columns (i, u) and a column of ones: im2row of x
+        Tt  (N, K+1)     rows (dy, dx, f, pv): the banded conv matrix, transposed, and the bias
+        zt  (N, sp)      = Tt @ R^T; tap t = (dy, dx) of every window = rows t*q:(t+1)*q
         pt  (q, sp)      pooled, q = f*pv rows (f, pv), columns (m, py, blk)
     """
     owns_output = False                   # its backward reads the pooled values
+    BLOCK_WIDTHS = (8, 6, 4, 2)           # output columns per R row, first that divides the width
 
     @staticmethod
     def matches(layers, i, in_shape):
@@ -60,25 +61,26 @@ class BandedConvPoolStage(Stage):
         self.f, self.kh, self.kw = f, kh, kw
         self.poh, self.pow = (self.h - kh + 1) // 2, (self.w - kw + 1) // 2
         ow = 2 * self.pow                                        # the columns the pool reads
-        self.bw = next(b for b in (8, 6, 4, 2) if ow % b == 0)
+        self.bw = next(b for b in self.BLOCK_WIDTHS if ow % b == 0)
         self.nb, self.pv = ow // self.bw, self.bw // 2
-        self.uw = self.bw + kw - 1
-        self.K, self.N, self.q = kh * self.uw, f * self.bw, f * self.pv
+        self.uh, self.uw = kh + 1, self.bw + kw - 1              # the window under one R row
+        self.K, self.q = self.uh * self.uw, f * self.pv
+        self.N = 4 * self.q
         self.out_shape = (self.poh, self.pow, f)
         self.channel_first = False        # hand on (m, f, poh, pow) instead (a Flatten follows)
-        self.flops = self.gemm = self.N * (self.K + 1) * 2 * self.poh * self.nb
-        self.floats = 2 * self.poh * self.nb * (self.K + 1 + 2 * self.N)
+        self.flops = self.gemm = self.N * (self.K + 1) * self.poh * self.nb
+        self.floats = self.poh * self.nb * (self.K + 1 + 2 * self.N)
         self._band_index()
 
     def _band_index(self):
         """Where each W[f, 0, i, j] goes in Tt (N, K), and which Tt entries sum back to dW."""
-        f_, i_, j_, dx, pv = np.meshgrid(np.arange(self.f), np.arange(self.kh), np.arange(self.kw),
-                                         np.arange(2), np.arange(self.pv), indexing="ij")
-        rows = (dx * self.f + f_) * self.pv + pv                             # (dx, f, pv)
-        cols = i_ * self.uw + 2 * pv + dx + j_                               # (i, u = v + j)
-        self.band_flat = (rows * (self.K + 1) + cols).reshape(-1)            # (f, kh, kw, 2, pv)
+        f_, i_, j_, dy, dx, pv = np.meshgrid(np.arange(self.f), np.arange(self.kh), np.arange(self.kw),
+                                             np.arange(2), np.arange(2), np.arange(self.pv), indexing="ij")
+        rows = ((2 * dy + dx) * self.f + f_) * self.pv + pv                  # (dy, dx, f, pv)
+        cols = (i_ + dy) * self.uw + 2 * pv + dx + j_                        # (i + dy, u = v + j)
+        self.band_flat = (rows * (self.K + 1) + cols).reshape(-1)            # (f, kh, kw, dy, dx, pv)
         self.band_w = (f_ * self.kh * self.kw + i_ * self.kw + j_).reshape(-1)   # into W.ravel()
-        self.bias_rows = np.tile(np.repeat(np.arange(self.f), self.pv), 2)   # row (dx, f, pv) -> f
+        self.bias_rows = np.tile(np.repeat(np.arange(self.f), self.pv), 4)   # row (dy, dx, f, pv) -> f
 
     def params(self, p):
         """Tt with the activation's prescale folded in (exact: a power of 2), and without (for dC/dx).
@@ -91,34 +93,33 @@ class BandedConvPoolStage(Stage):
         p[self.key("Tt1")] = Tt
         p[self.key("Tt")] = Tt * self.act.prescale if self.act.prescale != 1.0 else Tt
 
-    def _taps(self, zt, sp):
+    def _taps(self, zt):
         q = self.q
-        return [zt[dx * q:(dx + 1) * q, dy * sp:(dy + 1) * sp] for dy in (0, 1) for dx in (0, 1)]
+        return [zt[t * q:(t + 1) * q] for t in range(4)]     # (dy, dx) in row-major window order
 
     def forward(self, chunk, a, p):
         m, K = a.shape[0], self.K
-        sp = m * self.poh * self.nb                  # columns of one tap: (m, py, blk)
+        sp = m * self.poh * self.nb                  # R's rows: (m, py, blk)
         x = a.reshape(m, self.in_h, self.in_w)
         if self.ph or self.pw:
             padded = chunk.keep(self.key("pad"), (m, self.h, self.w))
             padded.fill(0)
             padded[:, self.ph:self.ph + self.in_h, self.pw:self.pw + self.in_w] = x
             x = padded
-        R = chunk.keep(self.key("R"), (2 * sp, K + 1))
+        R = chunk.keep(self.key("R"), (sp, K + 1))
         R[:, K] = 1.0                                # the bias column (the buffer may be reused)
-        # 1. im2row, rows (dy, m, py, blk): the windows at every row y = 2*py + dy, one copy
-        win = lowering.windows(x, self.kh, self.uw, (1, self.bw), axes=(1, 2))[:, :2 * self.poh, :self.nb]
-        np.copyto(R[:, :K].reshape(2, m, self.poh, self.nb, self.kh, self.uw),
-                  win.reshape(m, self.poh, 2, self.nb, self.kh, self.uw).transpose(2, 0, 1, 3, 4, 5))
-        zt = chunk.keep(self.key("zt"), (self.N, 2 * sp))
+        # 1. im2row: the (kh + 1) x uw window at rows 2*py.., columns blk*bw.., one copy
+        win = lowering.windows(x, self.uh, self.uw, (2, self.bw), axes=(1, 2))[:, :self.poh, :self.nb]
+        np.copyto(R[:, :K].reshape(m, self.poh, self.nb, self.uh, self.uw), win)
+        zt = chunk.keep(self.key("zt"), (self.N, sp))
         np.matmul(p[self.key("Tt")], R.T, out=zt)    # 2. zt = Tt @ R^T (+ b, R's column of ones)
         self.act.sigma_scaled(np, zt, out=zt)        # 3. a = sigma(z) in place, then the pool
         pt = chunk.keep(self.key("pt"), (self.q, sp))
         argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
         if chunk.grad:
-            lowering.first_max(self._taps(zt, sp), pt, argmax, signed_zeros=False)
+            lowering.first_max(self._taps(zt), pt, argmax, signed_zeros=False)
         else:                       # inference, or a kept forward: the argmax waits for a backward
-            lowering.window_max(self._taps(zt, sp), pt)
+            lowering.window_max(self._taps(zt), pt)
             argmax = None
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         chunk.cache[self.index] = (R, zt, pt, argmax, m)
@@ -135,7 +136,7 @@ class BandedConvPoolStage(Stage):
         sp = m * self.poh * self.nb
         if argmax is None:                           # after a kept forward: the same first_max, now
             argmax = chunk.buf(self.key("argmax"), (self.q, sp), np.int8)
-            lowering.first_max(self._taps(zt, sp), chunk.buf(self.key("pt"), (self.q, sp)), argmax,
+            lowering.first_max(self._taps(zt), chunk.buf(self.key("pt"), (self.q, sp)), argmax,
                                signed_zeros=False)
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         if self.channel_first:
@@ -143,25 +144,24 @@ class BandedConvPoolStage(Stage):
         else:
             dp5 = dp.reshape(m, self.poh, self.nb, self.pv, self.f).transpose(4, 3, 0, 1, 2)
         dz_max = (dp5 * self.act.prime(pt5, pt5)).reshape(self.q, sp)     # sigma' at the argmax only
-        delta_t = chunk.buf(self.key("delta_t"), (self.N, 2 * sp))      # the 4 taps cover it
-        lowering.route_to_argmax(dz_max, argmax, self._taps(delta_t, sp), fresh=True)
+        delta_t = chunk.buf(self.key("delta_t"), (self.N, sp))          # the 4 taps cover it
+        lowering.route_to_argmax(dz_max, argmax, self._taps(delta_t), fresh=True)
         parts[self.key("Gt")] = delta_t @ R          # (N, K + 1); its last column sums delta: db
-        return self._dx(delta_t, p[self.key("Tt1")], m, sp) if need_da else None
+        return self._dx(delta_t, p[self.key("Tt1")], m) if need_da else None
 
-    def _dx(self, delta_t, Tt, m, sp):
+    def _dx(self, delta_t, Tt, m):
         """dC/dx (m, h, w, 1): dR = delta_t^T Tt, each R entry's gradient added back at its pixel."""
-        dR = delta_t.T @ Tt                          # (2*sp, K + 1), rows (dy, m, py, blk)
+        dR = delta_t.T @ Tt                          # (sp, K + 1), rows (m, py, blk)
         bw, nb = self.bw, self.nb
+        block = dR[:, :self.K].reshape(m, self.poh, nb, self.uh, self.uw)
         dx = np.zeros((m, self.h, nb * bw + self.uw + bw), np.float32)
-        for dy in (0, 1):
-            block = dR[dy * sp:(dy + 1) * sp, :self.K].reshape(m, self.poh, nb, self.kh, self.uw)
-            for i in range(self.kh):
-                rows = dx[:, dy + i:dy + i + 2 * (self.poh - 1) + 1:2]           # (m, poh, width)
-                # columns blk*bw + u, bw columns u at a time: blocks overlap by kw - 1 columns
-                for u in range(0, self.uw, bw):
-                    cols = rows[:, :, u:u + nb * bw].reshape(m, self.poh, nb, bw)
-                    part = block[:, :, :, i, u:u + bw]
-                    cols[..., :part.shape[-1]] += part
+        for i in range(self.uh):
+            rows = dx[:, i:i + 2 * (self.poh - 1) + 1:2]                     # (m, poh, width)
+            # columns blk*bw + u, bw columns u at a time: blocks overlap by kw - 1 columns
+            for u in range(0, self.uw, bw):
+                cols = rows[:, :, u:u + nb * bw].reshape(m, self.poh, nb, bw)
+                part = block[:, :, :, i, u:u + bw]
+                cols[..., :part.shape[-1]] += part
         dx = dx[:, self.ph:self.ph + self.in_h, self.pw:self.pw + self.in_w]
         return dx.reshape(m, self.in_h, self.in_w, 1)
 
@@ -170,4 +170,4 @@ class BandedConvPoolStage(Stage):
         Gt = total[self.key("Gt")]
         dW = Gt.reshape(-1).take(self.band_flat).reshape(self.f, self.kh, self.kw, -1)
         self.layer.params["W"].grad = dW.sum(axis=-1).reshape(self.f, 1, self.kh, self.kw)
-        self.layer.params["b"].grad = Gt[:, self.K].reshape(2, self.f, self.pv).sum(axis=(0, 2))
+        self.layer.params["b"].grad = Gt[:, self.K].reshape(4, self.f, self.pv).sum(axis=(0, 2))
