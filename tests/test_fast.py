@@ -75,6 +75,14 @@ NETS = {
 if hasattr(L, "Dropout"):
     NETS["dropout-eval"] = lambda seed=0: _net([L.Conv2D(1, 3, 5), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
                                                 L.Dropout(0.5), L.Dense(432, 10)], seed=seed).eval()
+    # train mode: the plan draws each step's masks through the layer (the same masks as the layer path);
+    # after a channel-last Flatten (its order) and on maps (channel-last)
+    NETS["dropout-train"] = lambda seed=0: _net([L.Conv2D(1, 3, 5), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
+                                                 L.Dropout(0.5), L.Dense(432, 16), L.Tanh(), L.Dropout(0.2),
+                                                 L.Dense(16, 10)], seed=seed)
+    NETS["dropout-maps"] = lambda seed=0: _net([L.Conv2D(1, 4, 5), L.ReLU(), L.Dropout(0.3), L.MaxPool2D(2),
+                                                L.Conv2D(4, 4, 3), L.Dropout(0.5), L.Sigmoid(), L.Flatten(),
+                                                L.Dense(4 * 10 * 10, 10)], loss="cross_entropy", seed=seed)
 if hasattr(L, "AvgPool2D"):
     NETS["avgpool"] = lambda seed=0: _net([L.Conv2D(1, 4, 5), L.Sigmoid(), L.AvgPool2D(2), L.Conv2D(4, 4, 3),
                                            L.ReLU(), L.AvgPool2D(3, stride=2), L.Flatten(),
@@ -141,7 +149,7 @@ def test_step_matches_the_layer_by_layer_path(batch, name, kind):
         close(out, out_ref)
         assert cost == pytest.approx(cost_ref, rel=1e-5)
         close_grads(grads(net), g_ref)
-        close(plan.forward(x), out_ref)
+        close(plan.forward(x), ref_net._forward(x))      # (train-mode dropout: both draw anew)
 
 
 @pytest.mark.parametrize("name", ["seed-sigmoid", "lenet", "wide", "two-block", "padding-stride",
@@ -302,15 +310,21 @@ def test_the_plan_says_why_it_does_not_run_and_strict_raises(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(L, "Dropout"), reason="no Dropout layer in this tree")
-def test_a_layer_in_train_mode_without_a_stage_sends_the_step_down_the_generic_path(batch):
+def test_train_mode_dropout_runs_in_the_plan_with_the_layers_masks(batch):
     x, y1 = batch[0][:20], batch[1][:20]
-    net = NETS["dropout-eval"]().train()
-    assert net._fast.available() == "layer 4 Dropout(0.5) in train mode has no fused stage (eval mode has)"
-    assert net._plan() is None
-    out = net.forward(x)
-    assert not net._fast.holds(out) and net.layers[4].mask is not None      # the layers ran
-    net.eval()
+    net, ref = NETS["dropout-train"](), NETS["dropout-train"]()
     assert net._plan() is net._fast
+    for _ in range(2):                                 # two steps: the generators move on alike
+        out = net.forward(x)
+        assert net._fast.holds(out) and net.layers[4].mask is None      # the plan ran, not the layer
+        close(out, ref._forward(x))
+        assert np.array_equal(net.layers[4].keep, ref.layers[4].keep)   # the same draws, kept alike
+        net.backward(y1)
+        ref._backward(y1)
+        close_grads(grads(net), grads(ref))
+    net.eval()
+    close(net.forward(x), ref.eval()._forward(x))      # eval: the identity, nothing drawn
+    assert net.layers[4].keep.shape == (20, 432)
 
 
 def test_falls_back_on_other_backends():

@@ -275,7 +275,11 @@ def test_dropout_is_inverted_and_the_identity_in_eval_mode(rng):
     kept = out != 0
     assert abs(kept.mean() - 0.7) < 0.01
     np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)                    # inverted scaling
-    np.testing.assert_array_equal(to_numpy(net.layers[0].backward(x)), out.reshape(x.shape))   # da * mask
+    np.testing.assert_array_equal(net.layers[0].keep.reshape(10, -1), kept)     # the draw is kept
+    dx = to_numpy(net.backward(np.zeros_like(out)))                             # quadratic: out / n
+    np.testing.assert_allclose(dx.reshape(10, -1), out * out / 10, rtol=1e-6)   # da * mask
+    alone = to_numpy(net._forward(x))                                           # layer by layer
+    np.testing.assert_array_equal(to_numpy(net.layers[0].backward(x)), alone.reshape(x.shape))   # da * mask
     second = to_numpy(net.forward(x))
     assert not np.array_equal(second, out)                                      # a new mask per step
     again = Network([Dropout(0.3), Flatten()], input_shape=(1, 50, 40), backend="numpy", seed=9)

@@ -216,7 +216,8 @@ class DistributedEpoch(HostEpoch):
         if self.layout is None:                         # before this step's parts: the probe reuses scratch
             self.layout = _layout(plan)
         out = np.empty((n, classes), np.float32)
-        parts = plan.chunk_parts(xb, y1, out, plan.params(), range(first, stop), n) if stop > first else []
+        params = plan.params(n)                  # every rank draws the whole batch's masks, the same ones
+        parts = plan.chunk_parts(xb, y1, out, params, range(first, stop), n) if stop > first else []
         lay = self.layout
         if comm.mode == "exact":
             send = np.concatenate([out[r0:r1].reshape(-1).astype(lay.dtype), lay.pack(np, parts)])

@@ -11,8 +11,8 @@ layer type from the table ``STAGES`` (adding a layer type = adding one stage):
     AvgPool2D                      ops/reference.avgpool2d_* on channel-last views
     Flatten, Dense                 layers/dense.dense_forward / dense_backward; Flatten's order folded
                                    into the next dense layer's columns
-    Dropout                        eval mode (the identity); in train mode ``available()`` names it and
-                                   the step runs layer by layer
+    Dropout                        the identity in eval mode; in train mode the layer's own ``draw``
+                                   for the whole batch at the step's start, each chunk its rows
     conv(1 -> f <= 8) -> act -> max-pool 2   one banded stage (the seed network's block, LeNet's first)
     BatchNorm2D                    none: NO_STAGE says why
 Both losses through the loss object's own ``gradient``. ``Network.forward`` runs the plan too, keeping
@@ -42,7 +42,9 @@ them, so one process and N ranks run identical code):
 
     plan.chunks(n)          -> [(start, stop), ...] the chunks of a global batch of n rows; a function
                                of n only (the same on every rank, every step)
-    plan.params()           -> this step's parameters in the plan's layouts (read from the layers)
+    plan.params(n)          -> this step's parameters in the plan's layouts (read from the layers) and
+                               its dropout masks for the whole global batch of n (every rank draws
+                               the same ones from the same generator states)
     plan.chunk_parts(x, y1, out, params, chunk_ids, n)
                             -> [parts dict per chunk, in the order of chunk_ids]. x (n, *input_shape),
                                y1 (n, classes) one-hot float32 and out (n, classes) float32 are the

@@ -151,9 +151,9 @@ def _grown(store, key, shape, dtype=np.float32):
 class Plan:
     """The step driver: chunks, the two-thread split, the cost, the gradients, the update.
 
-    A subclass gives ``_params()`` (this step's parameters in its layouts), ``_forward_chunk(chunk, x,
-    params)`` (-> the chunk's output rows), ``_backward_chunk(chunk, g, params, need_dx)`` (g = dC/d out
-    for its rows -> (gradient parts, dC/dx rows or None)) and ``_store_grads(parts)``.
+    A subclass gives ``_params(n)`` (this step's parameters in its layouts and its draws for n rows),
+    ``_forward_chunk(chunk, x, params)`` (-> the chunk's output rows), ``_backward_chunk(chunk, g, params,
+    need_dx)`` (g = dC/d out for its rows -> (gradient parts, dC/dx rows or None)) and ``_store_grads(parts)``.
     """
     chunk = 32
     thread_min = None   # from this batch size on, two threads (None: THREAD_MIN)
@@ -187,7 +187,7 @@ class Plan:
         """
         xb, n = np.ascontiguousarray(xb, np.float32), xb.shape[0]
         y1 = np.ascontiguousarray(y1, np.float32)
-        params = self.params()
+        params = self.params(n)
         out = np.empty((n, self.out_features), np.float32)
         parts = self.chunk_parts(xb, y1, out, params, range(len(self.chunks(n))), n)
         cost = self.loss.cost(np, out, y1)
@@ -204,7 +204,7 @@ class Plan:
         n = x.shape[0]
         x = np.ascontiguousarray(x, np.float32)
         out = np.empty((n, self.out_features), np.float32)
-        params = self.params()
+        params = self.params(n)
         kept = self._kept_store() if keep else None
         # grad=False: what only a backward needs (the pooling argmax) waits for backward()
         chunks = [Chunk(self, i, s, e, n, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
@@ -251,9 +251,11 @@ class Plan:
             return self.loss.gradient(np, out_rows, y1_rows, n=n)
 
     # -- the data-parallel pieces (contract: see gpucnn/fast/__init__.py) ----------------------------
-    def params(self):
-        """This step's parameters in the plan's layouts, read afresh from the layers' Parameters."""
-        return self._params()
+    def params(self, n=None):
+        """This step's parameters in the plan's layouts, read afresh from the layers' Parameters, and,
+        for a step over a batch of n, its random draws (dropout masks, from the layers' generators).
+        Without n nothing is drawn (a probe of the parts' shapes); dropout then passes its input on."""
+        return self._params(n)
 
     def chunks(self, n):
         """The chunks (start, stop) of a batch of n: a function of n only, so the sums are too."""

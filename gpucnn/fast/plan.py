@@ -3,7 +3,8 @@ import numpy as np
 
 from .banded import BandedConvPoolStage
 from .common import THREAD_MIN, Plan
-from .stages import STAGES, ActivationStage, ConvStage, DenseStage, FlattenStage, MaxPoolStage, PassStage
+from .stages import (STAGES, ActivationStage, ConvStage, DenseStage, DropoutStage, FlattenStage,
+                     MaxPoolStage, PassStage)
 
 
 CHEAP_IMAGE_FLOPS = 200_000     # below this per image, chunks grow past 32 images (see StagePlan)
@@ -66,6 +67,9 @@ class StagePlan(Plan):
                              None)
                 if isinstance(dense, DenseStage):
                     dense.permute(stage.perm)
+                    for between in stages[k + 1:stages.index(dense)]:
+                        if isinstance(between, DropoutStage):     # its masks in the Flatten's order
+                            between.perm = stage.perm
                 else:
                     stage.reorder = True
             if isinstance(stage, ConvStage):          # crop to what a max-pool after it reads
@@ -94,10 +98,12 @@ class StagePlan(Plan):
         return None
 
     # -- the step over one chunk ------------------------------------------------------------------
-    def _params(self):
+    def _params(self, n):
         p = {}
         for stage in self.stages:
             stage.params(p)
+            if n is not None:
+                stage.draw(p, n)
         return p
 
     def _forward_chunk(self, chunk, x, p):

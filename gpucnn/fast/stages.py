@@ -51,6 +51,9 @@ class Stage:
     def params(self, p):
         pass
 
+    def draw(self, p, n):
+        """Add this step's random draws for a batch of n (dropout masks) to ``p``."""
+
     def store(self, total):
         pass
 
@@ -382,20 +385,47 @@ class DenseStage(Stage):
 
 
 class DropoutStage(PassStage):
-    """Dropout in eval mode (or p = 0) is the identity. In train mode the plan steps aside (``available``):
-    its masks are drawn over the whole batch from the layer's generator, which a chunked stage would
-    have to draw exactly as Dropout.forward does."""
+    """Dropout: the identity in eval mode (or p = 0); in train mode a * mask, backward da * mask.
 
-    def available(self):
-        if self.layer.training and self.layer.p > 0:
-            return f"layer {self.index} {self.layer!r} in train mode has no fused stage (eval mode has)"
-        return None
+    The mask of a step is drawn once for the whole batch by the layer's own ``draw``, in the
+    reference's layout (n, c, h, w) or (n, d), exactly as Dropout.forward would draw it (so the plan and
+    the layer path see the same masks), then put in the plan's layout: channel-last for maps, and for a
+    vector after a channel-last Flatten in that Flatten's order (``perm``, set by the plan).
+    """
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        self.perm = None                  # plan position -> the reference's position, for a vector
+
+    def draw(self, p, n):
+        layer = self.layer
+        if not layer.training or layer.p == 0.0:
+            return
+        if len(self.in_shape) == 3:
+            h, w, c = self.in_shape
+            keep = layer.draw((n, c, h, w)).transpose(0, 2, 3, 1)
+        else:
+            keep = layer.draw((n, *self.in_shape))
+            if self.perm is not None:
+                keep = keep[:, self.perm]
+        mask = np.empty(keep.shape, np.float32)
+        np.multiply(keep, layer.scale(np.float32), out=mask)
+        p[self.key("mask")] = mask
 
     def forward(self, chunk, a, p):
-        return a
+        mask = p.get(self.key("mask"))
+        if mask is None:                  # eval mode, p = 0, or params() drew nothing (a shape probe)
+            chunk.cache[self.index] = None
+            return a
+        rows = mask[chunk.s:chunk.e]
+        chunk.cache[self.index] = rows
+        out = chunk.keep(self.key("a"), a.shape)
+        np.multiply(a, rows.reshape(a.shape), out=out)
+        return out
 
     def backward(self, chunk, da, p, parts, need_da):
-        return da
+        rows = chunk.cache[self.index]
+        return da if rows is None else da * rows.reshape(da.shape)
 
 
 # layer class name -> stage class (library layers only; see plan_for). Adding a layer type = one entry.

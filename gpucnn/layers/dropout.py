@@ -57,11 +57,19 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self.mask = None
             return a_prev
-        if not (_fixed["on"] and self.keep is not None and self.keep.shape == a_prev.shape):
-            self.keep = self.rng.random(a_prev.shape) >= self.p           # host, float64 draws
-        scale = a_prev.dtype.type(1.0 / (1.0 - self.p))
-        self.mask = self.backend.asarray(self.keep, a_prev.dtype) * scale
+        self.mask = self.backend.asarray(self.draw(a_prev.shape), a_prev.dtype) * self.scale(a_prev.dtype)
         return a_prev * self.mask
+
+    def draw(self, shape):
+        """The keep mask (bool, on the host) for an input of ``shape``, the layer's next draw (or, inside
+        fixed_masks, its last one); kept as ``self.keep``. The fused CPU plan draws through this too."""
+        if not (_fixed["on"] and self.keep is not None and self.keep.shape == tuple(shape)):
+            self.keep = self.rng.random(shape) >= self.p                 # host, float64 draws
+        return self.keep
+
+    def scale(self, dtype):
+        """1 / (1 - p) in ``dtype``: what a kept element is multiplied by."""
+        return np.dtype(dtype).type(1.0 / (1.0 - self.p))
 
     def backward(self, da):
         return da if self.mask is None else da * self.mask
