@@ -83,10 +83,30 @@ if hasattr(L, "Dropout"):
     NETS["dropout-maps"] = lambda seed=0: _net([L.Conv2D(1, 4, 5), L.ReLU(), L.Dropout(0.3), L.MaxPool2D(2),
                                                 L.Conv2D(4, 4, 3), L.Dropout(0.5), L.Sigmoid(), L.Flatten(),
                                                 L.Dense(4 * 10 * 10, 10)], loss="cross_entropy", seed=seed)
+if hasattr(L, "BatchNorm2D"):
+    # train mode: batch statistics over the whole batch (the plan runs in phases); two BN layers, one
+    # straight after the input (2 channels), one between an activation and a pool; and eval mode. (No
+    # BN straight after a conv here: the conv's bias gradient would be 0 by the math, rounding noise.)
+    NETS["batchnorm-train"] = lambda seed=0: _net([L.BatchNorm2D(2), L.Tanh(), L.Conv2D(2, 4, 3), L.ReLU(),
+                                                   L.BatchNorm2D(4), L.MaxPool2D(2), L.Flatten(),
+                                                   L.Dense(4 * 12 * 11, 10)], loss="cross_entropy",
+                                                  input_shape=(2, 27, 25), seed=seed)
+    NETS["batchnorm-eval"] = lambda seed=0: _bn_eval(NETS["batchnorm-train"](seed))
 if hasattr(L, "AvgPool2D"):
     NETS["avgpool"] = lambda seed=0: _net([L.Conv2D(1, 4, 5), L.Sigmoid(), L.AvgPool2D(2), L.Conv2D(4, 4, 3),
                                            L.ReLU(), L.AvgPool2D(3, stride=2), L.Flatten(),
                                            L.Dense(4 * 4 * 4, 10)], loss="cross_entropy", seed=seed)
+
+
+def _bn_eval(net):
+    """Eval mode with running statistics away from (0, 1), so the affine map is not the identity."""
+    for layer in net.layers:
+        if isinstance(layer, L.BatchNorm2D):
+            c = layer.num_features
+            layer.buffers["running_mean"] = np.linspace(-0.3, 0.4, c, dtype=np.float32)
+            layer.buffers["running_var"] = np.linspace(0.5, 2.0, c, dtype=np.float32)
+            layer.gamma = np.linspace(0.8, 1.3, c, dtype=np.float32)
+    return net.eval()
 
 
 class NoStep:
@@ -153,7 +173,7 @@ def test_step_matches_the_layer_by_layer_path(batch, name, kind):
 
 
 @pytest.mark.parametrize("name", ["seed-sigmoid", "lenet", "wide", "two-block", "padding-stride",
-                                  "pool3-overlap", "dense-stack"])
+                                  "pool3-overlap", "dense-stack", "batchnorm-train", "batchnorm-eval"])
 def test_forward_then_backward_runs_the_plan_and_gives_dx(batch, name):
     """net.forward runs the plan (keeping what backward needs); net.backward fills every grad and
     returns dC/dx; the gradients are the bits a training step gives."""
@@ -420,3 +440,31 @@ def test_a_failing_chunk_raises_its_own_error_and_stops_the_worker(batch, monkey
     with pytest.raises(ArithmeticError, match="planted"):
         plan.train_step(x, y1, NoStep())
     assert len(calls) <= 2                   # each thread failed on its first chunk, none went on
+
+
+@pytest.mark.skipif(not hasattr(L, "BatchNorm2D"), reason="no BatchNorm2D layer in this tree")
+def test_batchnorm_in_train_mode_trains_in_phases_like_the_layers(batch):
+    """Three SGD steps at 70 images (two threads, a partial chunk): parameters and running statistics
+    as the layer-by-layer path leaves them; the phases need every chunk; one value per channel is
+    refused in the layer's words."""
+    net, ref = NETS["batchnorm-train"](), NETS["batchnorm-train"]()
+    assert net._plan() is net._fast and "fused CPU plan" in net.summary()
+    x, y1 = inputs_for(net, batch, 70)
+    opt, ref_opt = SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.9)
+    for _ in range(3):
+        net.train_step(x, y1, opt)
+        ref._forward(x)
+        ref._backward(y1)
+        ref_opt.step(ref.parameters())
+    for ours, theirs in zip(net.parameters(), ref.parameters()):
+        np.testing.assert_allclose(ours.value, theirs.value, rtol=1e-4, atol=1e-6)
+    for layer, twin in zip(net.layers, ref.layers):
+        for key, value in layer.buffers.items():
+            np.testing.assert_allclose(value, twin.buffers[key], rtol=1e-5, atol=1e-7)
+    plan, n = net._fast, 70
+    with pytest.raises(ValueError, match="need every chunk"):
+        plan.chunk_parts(x, y1, np.empty((n, 10), np.float32), plan.params(n), [0], n)
+    one = _net([L.BatchNorm2D(2), L.Flatten()], input_shape=(2, 1, 1))
+    assert one._plan() is one._fast
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        one.forward(x[:1, :, :1, :1])

@@ -416,15 +416,16 @@ def test_avgpool_kernels_are_clean_under_the_sanitizers(settings, rng):
 
 
 def test_divergence_brings_back_the_running_statistics_with_the_parameters(digits):
-    """A step whose forward overflows fills BatchNorm's statistics with NaN; Divergence restores the
-    buffers of the same moment as the parameters it keeps (before the last step with a finite loss)."""
+    """A step whose forward holds NaN (inf pixels) fills BatchNorm's statistics with NaN; Divergence
+    restores the buffers of the same moment as the parameters it keeps (before the last step with a
+    finite loss)."""
     net = _modern(np.float32)
     seen, real_step = [], net.train_step
 
     def step(xb, y1, optimizer):
         seen.append(net.get_arrays())
         if len(seen) == 4:
-            xb = xb * np.float32(1e38)                                # inf in the conv: NaN statistics
+            xb = xb * np.float32(np.inf)                              # 0 * inf: NaN statistics
         return real_step(xb, y1, optimizer)
     net.train_step = step
     with pytest.raises(gpucnn.Divergence), np.errstate(all="ignore"):

@@ -14,7 +14,9 @@ layer type from the table ``STAGES`` (adding a layer type = adding one stage):
     Dropout                        the identity in eval mode; in train mode the layer's own ``draw``
                                    for the whole batch at the step's start, each chunk its rows
     conv(1 -> f <= 8) -> act -> max-pool 2   one banded stage (the seed network's block, LeNet's first)
-    BatchNorm2D                    none: NO_STAGE says why
+    BatchNorm2D                    the layer's formulas channel-last; in train mode the batch statistics
+                                   (and the backward's sums) need the whole batch, so the plan runs in
+                                   phases: every chunk up to it, the sums in chunk order, every chunk on
 Both losses through the loss object's own ``gradient``. ``Network.forward`` runs the plan too, keeping
 what ``Network.backward`` needs (then dC/dx is formed as well, which training skips).
 

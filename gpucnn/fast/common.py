@@ -205,13 +205,11 @@ class Plan:
         x = np.ascontiguousarray(x, np.float32)
         out = np.empty((n, self.out_features), np.float32)
         params = self.params(n)
-        kept = self._kept_store() if keep else None
+        # a whole-batch stage needs every chunk's arrays at once: they are kept (per chunk) then too
+        kept = self._kept_store() if keep or self._whole_batch(params) else None
         # grad=False: what only a backward needs (the pooling argmax) waits for backward()
         chunks = [Chunk(self, i, s, e, n, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
-
-        def one(chunk):
-            out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)
-        self._run(one, chunks, n, "forward")
+        self._forward_all(chunks, x, params, out, "forward")
         if keep:                                     # an unkept forward (predict) leaves it alone
             self.saved = (out, chunks, params)
         return out
@@ -228,6 +226,24 @@ class Plan:
         n = out.shape[0]
         parts = [None] * len(chunks)
         dx = np.empty((n, *self.net.input_shape), np.float32) if need_dx else None
+        self._backward_all(chunks, out, y1, params, need_dx, parts, dx)
+        self.store_grads(self.combine(parts))
+        return dx
+
+    # -- every chunk's forward, every chunk's backward (a subclass may run them in phases) -----------
+    def _whole_batch(self, params):
+        """Whether a layer needs the whole batch between chunks this step (batch statistics): then
+        _forward_all and _backward_all run in phases over kept per-chunk arrays."""
+        return False
+
+    def _forward_all(self, chunks, x, params, out, kind):
+        def one(chunk):
+            out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)
+        self._run(one, chunks, out.shape[0], kind)
+
+    def _backward_all(self, chunks, out, y1, params, need_dx, parts, dx):
+        """parts[chunk.index] (and dx's rows when need_dx) for every chunk, from the kept forward."""
+        n = out.shape[0]
 
         def one(chunk):
             g = self._loss_gradient(out[chunk.s:chunk.e], y1[chunk.s:chunk.e], n)
@@ -235,8 +251,6 @@ class Plan:
             if need_dx:
                 dx[chunk.s:chunk.e] = dx_rows
         self._run(one, chunks, n, "backward")
-        self.store_grads(self.combine(parts))
-        return dx
 
     def _kept_store(self):
         store = getattr(self, "_kept", None)
@@ -269,8 +283,17 @@ class Plan:
         per chunk, in the order of ``chunk_ids``; each part already divides by the global n.
         """
         bounds = self.chunks(n)
+        parts = [None] * len(chunk_ids)
+        if self._whole_batch(params):                # the whole batch, in phases (Stage.whole_batch)
+            if list(chunk_ids) != list(range(len(bounds))):
+                raise ValueError("this network's batch statistics (BatchNorm2D in train mode) need every "
+                                 "chunk of the batch in one process")
+            self.saved = None                        # the kept store is this step's now
+            chunks = [Chunk(self, i, s, e, n, self._kept_store()) for i, (s, e) in enumerate(bounds)]
+            self._forward_all(chunks, x, params, out, "step")
+            self._backward_all(chunks, out, y1, params, False, parts, None)
+            return parts
         chunks = [Chunk(self, i, *bounds[c], n, None) for i, c in enumerate(chunk_ids)]
-        parts = [None] * len(chunks)
 
         def one(chunk):
             s, e = chunk.s, chunk.e

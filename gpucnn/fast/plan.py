@@ -107,26 +107,87 @@ class StagePlan(Plan):
         return p
 
     def _forward_chunk(self, chunk, x, p):
-        a = x[chunk.s:chunk.e]
-        if a.ndim == 4:                               # (m, c, h, w) -> (m, h, w, c)
-            if a.shape[1] == 1:
-                a = a.reshape(a.shape[0], *a.shape[2:], 1)
-            else:
-                a_cl = chunk.keep("x", (a.shape[0], *a.shape[2:], a.shape[1]))
-                np.copyto(a_cl, a.transpose(0, 2, 3, 1))
-                a = a_cl
-        for stage in self.stages:
+        return self._forward_stages(chunk, x, p, 0, len(self.stages))
+
+    def _backward_chunk(self, chunk, g, p, need_dx):
+        parts = {}
+        return parts, self._backward_stages(chunk, g, p, parts, len(self.stages) - 1, 0, need_dx)
+
+    def _forward_stages(self, chunk, a, p, lo, hi):
+        """Stages lo..hi-1 forward on one chunk; at lo = 0, ``a`` is x and its rows are taken."""
+        if lo == 0:
+            a = a[chunk.s:chunk.e]
+            if a.ndim == 4:                           # (m, c, h, w) -> (m, h, w, c)
+                if a.shape[1] == 1:
+                    a = a.reshape(a.shape[0], *a.shape[2:], 1)
+                else:
+                    a_cl = chunk.keep("x", (a.shape[0], *a.shape[2:], a.shape[1]))
+                    np.copyto(a_cl, a.transpose(0, 2, 3, 1))
+                    a = a_cl
+        for stage in self.stages[lo:hi]:
             a = stage.forward(chunk, a, p)
         return a
 
-    def _backward_chunk(self, chunk, g, p, need_dx):
-        parts, da = {}, g
-        for stage in reversed(self.stages[1:]):
-            da = stage.backward(chunk, da, p, parts, True)
-        da = self.stages[0].backward(chunk, da, p, parts, need_dx)
-        if need_dx and da.ndim == 4:
+    def _backward_stages(self, chunk, da, p, parts, top, bottom, need_dx):
+        """Stages top down to bottom backward on one chunk; at bottom = 0, dC/dx in (m, c, h, w)."""
+        for k in range(top, bottom - 1, -1):
+            da = self.stages[k].backward(chunk, da, p, parts, need_dx or k > 0)
+        if bottom == 0 and need_dx and da.ndim == 4:
             da = da.transpose(0, 3, 1, 2)
-        return parts, da
+        return da
+
+    # -- in phases, when a stage needs the whole batch (BatchNorm2D in train mode) ------------------
+    def _cuts(self, p):
+        return [k for k, stage in enumerate(self.stages) if stage.whole_batch(p)]
+
+    def _whole_batch(self, params):
+        return bool(self._cuts(params))
+
+    def _forward_all(self, chunks, x, p, out, kind):
+        """Segment by segment: every chunk up to a whole-batch stage (its input kept per chunk), that
+        stage's batch reduction in chunk order, then every chunk on from it."""
+        cuts = self._cuts(p)
+        if not cuts:
+            return super()._forward_all(chunks, x, p, out, kind)
+        n, last = out.shape[0], len(self.stages)
+        acts = [None] * len(chunks)
+        for k, (lo, hi) in enumerate(zip([0] + cuts, cuts + [last])):
+            def one(chunk, lo=lo, hi=hi):
+                a = self._forward_stages(chunk, x if lo == 0 else acts[chunk.index], p, lo, hi)
+                if hi == last:
+                    out[chunk.s:chunk.e] = a
+                else:
+                    acts[chunk.index] = self.stages[hi].hold(chunk, a, "in")
+            self._run(one, chunks, n, f"{kind}.{k}")
+            if hi < last:
+                self.stages[hi].reduce_forward(chunks, acts, p)
+        return None
+
+    def _backward_all(self, chunks, out, y1, p, need_dx, parts, dx):
+        """The forward's segments in reverse: every chunk down to a whole-batch stage's output (its
+        delta kept per chunk), that stage's batch sums in chunk order, then every chunk on down."""
+        cuts = self._cuts(p)
+        if not cuts:
+            return super()._backward_all(chunks, out, y1, p, need_dx, parts, dx)
+        n = out.shape[0]
+        deltas = [None] * len(chunks)
+        for chunk in chunks:
+            parts[chunk.index] = {}
+        tops = [len(self.stages) - 1] + cuts[::-1]
+        for k, (top, bottom) in enumerate(zip(tops, [c + 1 for c in cuts[::-1]] + [0])):
+            def one(chunk, top=top, bottom=bottom, first=k == 0):
+                s, e = chunk.s, chunk.e
+                da = self._loss_gradient(out[s:e], y1[s:e], n) if first else deltas[chunk.index]
+                da = self._backward_stages(chunk, da, p, parts[chunk.index], top, bottom, need_dx)
+                if bottom == 0:
+                    if need_dx:
+                        dx[s:e] = da
+                else:
+                    deltas[chunk.index] = self.stages[bottom - 1].hold(chunk, da, "dout")
+            self._run(one, chunks, n, f"backward.{k}")
+            if bottom > 0:
+                self.stages[bottom - 1].reduce_backward(chunks, deltas, p)
+        return None
 
     def _store_grads(self, total):
         for stage in self.stages:

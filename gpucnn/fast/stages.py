@@ -54,6 +54,16 @@ class Stage:
     def draw(self, p, n):
         """Add this step's random draws for a batch of n (dropout masks) to ``p``."""
 
+    def whole_batch(self, p):
+        """Whether this step's forward needs the whole batch here (then the plan runs in phases)."""
+        return False
+
+    def hold(self, chunk, a, name):
+        """``a`` copied into this chunk's own array (kept between the phases of a step)."""
+        held = chunk.keep(self.key(name), a.shape)
+        np.copyto(held, a)
+        return held
+
     def store(self, total):
         pass
 
@@ -428,11 +438,109 @@ class DropoutStage(PassStage):
         return da if rows is None else da * rows.reshape(da.shape)
 
 
+class BatchNormStage(Stage):
+    """BatchNorm2D on channel-last maps (per-channel sums over the axes (m, y, x)), the layer's formulas.
+
+    Eval mode (the running statistics): one pass per chunk, like any stage. Train mode needs the whole
+    batch's mean and variance before any chunk can go on, and the whole batch's sums of the delta in
+    the backward (``whole_batch``): the plan then runs in phases and calls
+      reduce_forward   mu = sum a / m, then var = sum (a - mu)^2 / m (two passes, as the layer), in
+                       chunk order; the running statistics move as the layer moves them;
+      reduce_backward  dbeta = sum da, dgamma = sum da xhat (each chunk's sums are its parts), so
+                       da_prev = gamma inv_std (da - dbeta / m - xhat dgamma / m)   (= the layer's
+                       (dxhat - mean dxhat - xhat mean(dxhat xhat)) inv_std with dxhat = gamma da).
+    """
+    owns_output = True                    # its backward reads xhat, not its output
+
+    def __init__(self, layer, index, in_shape):
+        super().__init__(layer, index, in_shape)
+        h, w, c = in_shape
+        self.floats = 3 * h * w * c
+
+    def whole_batch(self, p):
+        return p[self.key("train")]
+
+    def params(self, p):
+        layer = self.layer
+        p[self.key("train")] = layer.training
+        p[self.key("gamma")], p[self.key("beta")] = layer.gamma, layer.beta
+        if not layer.training:
+            p[self.key("mu")] = layer.buffers["running_mean"]
+            p[self.key("inv_std")] = 1.0 / np.sqrt(layer.buffers["running_var"] + layer.eps)
+
+    def reduce_forward(self, chunks, acts, p):
+        layer = self.layer
+        h, w, c = self.in_shape
+        n = sum(a.shape[0] for a in acts)
+        m = n * h * w
+        if m < 2:                             # the layer's own check and words
+            raise ValueError(f"{layer!r} in train mode needs more than 1 value per channel, got input "
+                             f"{(n, c, h, w)}; use eval mode or a larger batch")
+        # float64 sums, as the layer's means (each chunk's, then in chunk order), then float32
+        mu = (_ordered_sum(a.sum(axis=(0, 1, 2), dtype=np.float64) for a in acts) / m).astype(np.float32)
+        var = (_ordered_sum(np.square(a - mu).sum(axis=(0, 1, 2), dtype=np.float64) for a in acts)
+               / m).astype(np.float32)
+        keep, running = 1.0 - layer.momentum, layer.buffers
+        running["running_mean"] = keep * running["running_mean"] + layer.momentum * mu
+        running["running_var"] = keep * running["running_var"] + (layer.momentum * m / (m - 1)) * var
+        p[self.key("mu")], p[self.key("inv_std")] = mu, 1.0 / np.sqrt(var + layer.eps)
+        p[self.key("m")] = m
+
+    def forward(self, chunk, a, p):
+        xhat = chunk.keep(self.key("xhat"), a.shape)
+        np.subtract(a, p[self.key("mu")], out=xhat)
+        np.multiply(xhat, p[self.key("inv_std")], out=xhat)
+        out = chunk.keep(self.key("a"), a.shape)
+        np.multiply(xhat, p[self.key("gamma")], out=out)
+        np.add(out, p[self.key("beta")], out=out)
+        chunk.cache[self.index] = xhat
+        return out
+
+    def _sums(self, chunk, da):
+        xhat = chunk.cache[self.index]
+        return da.sum(axis=(0, 1, 2)), (da * xhat).sum(axis=(0, 1, 2))
+
+    def reduce_backward(self, chunks, deltas, p):
+        sums = [self._sums(chunk, da) for chunk, da in zip(chunks, deltas)]
+        for chunk, chunk_sums in zip(chunks, sums):
+            chunk.cache[self.index, "sums"] = chunk_sums
+        # in chunk order: the sums combine() makes of the parts, bit for bit
+        p[self.key("dbeta")] = _ordered_sum(db for db, _ in sums)
+        p[self.key("dgamma")] = _ordered_sum(dg for _, dg in sums)
+
+    def backward(self, chunk, da, p, parts, need_da):
+        xhat = chunk.cache[self.index]
+        train = p[self.key("train")]
+        dbeta, dgamma = chunk.cache.pop((self.index, "sums")) if train else self._sums(chunk, da)
+        parts[self.key("beta")], parts[self.key("gamma")] = dbeta, dgamma
+        if not need_da:
+            return None
+        scale = p[self.key("gamma")] * p[self.key("inv_std")]
+        if not train:
+            return da * scale
+        m = p[self.key("m")]
+        centred = da - p[self.key("dbeta")] / m
+        centred -= xhat * (p[self.key("dgamma")] / m)
+        centred *= scale
+        return centred
+
+    def store(self, total):
+        self.layer.params["gamma"].grad = total[self.key("gamma")]
+        self.layer.params["beta"].grad = total[self.key("beta")]
+
+
+def _ordered_sum(arrays):
+    """a0 + a1 + ... left to right (chunk order), as Plan.combine sums parts."""
+    total = None
+    for a in arrays:
+        total = a if total is None else total + a
+    return total
+
+
 # layer class name -> stage class (library layers only; see plan_for). Adding a layer type = one entry.
 STAGES = {"Conv2D": ConvStage, "MaxPool2D": MaxPoolStage, "AvgPool2D": AvgPoolStage,
-          "Flatten": FlattenStage, "Dense": DenseStage, "Dropout": DropoutStage,
+          "Flatten": FlattenStage, "Dense": DenseStage, "Dropout": DropoutStage, "BatchNorm2D": BatchNormStage,
           "Sigmoid": ActivationStage, "ReLU": ActivationStage, "Tanh": ActivationStage}
 
 # Library layers with no stage, and why (GPUCNN_FAST=strict accepts these and only these).
-NO_STAGE = {"BatchNorm2D": "its train-mode statistics span the whole batch, which the chunked plan "
-                           "does not see at once"}
+NO_STAGE = {}

@@ -14,7 +14,8 @@ class BatchNorm2D(Layer):
     Parameters ``gamma`` (the scale, init 1) and ``beta`` (the shift, init 0), both (c,); buffers
     ``running_mean`` (init 0) and ``running_var`` (init 1), (c,), saved with the model.
 
-    Train mode: mu, var are the batch's, over the m = n*h*w values of each channel (var biased, 1/m);
+    Train mode: mu, var are the batch's, over the m = n*h*w values of each channel (var biased, 1/m;
+    both summed in float64, then in the network's dtype);
     the running statistics move towards them, with the *unbiased* variance (PyTorch's rule):
         running_mean = (1 - momentum) * running_mean + momentum * mu
         running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
@@ -77,9 +78,10 @@ class BatchNorm2D(Layer):
             if m < 2:
                 raise ValueError(f"{self!r} in train mode needs more than 1 value per channel, got input "
                                  f"{tuple(a_prev.shape)}; use eval mode or a larger batch")
-            mu = a_prev.mean(axis=axes)
+            # the means accumulate in float64 (a float32 sum over n*h*w values drifts by ~1e-4)
+            mu = a_prev.mean(axis=axes, dtype=np.float64).astype(a_prev.dtype)
             centred = a_prev - mu.reshape(col)
-            var = (centred * centred).mean(axis=axes)
+            var = (centred * centred).mean(axis=axes, dtype=np.float64).astype(a_prev.dtype)
             keep = 1.0 - self.momentum
             running = self.buffers
             running["running_mean"] = keep * running["running_mean"] + self.momentum * mu
