@@ -110,6 +110,9 @@ class ConvStage(Stage):
         # the im2col copy runs fastest along its longest contiguous run: kw*c floats in C's rows, or
         # (for a thin input, c = 1) along the output columns in C^T's rows
         self.transposed = self.kw * c < 8
+        self.row_bands = self.stride == 1 and c <= self.ROW_BANDS_MAX_C
+        if self.row_bands:
+            self._band_index()
 
     def params(self, p):
         W, b = self.layer.W, self.layer.b
@@ -117,7 +120,12 @@ class ConvStage(Stage):
         Wm = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(-1, f)
         p[self.key("Wm")] = Wm * self.prescale if self.prescale != 1.0 else Wm
         p[self.key("b")] = b * self.prescale if self.prescale != 1.0 else b
-        p[self.key("W_taps")] = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
+        if self.row_bands:
+            B = np.zeros(self._band_shape(), np.float32)
+            B.flat[self._band_flat] = W.reshape(-1).take(self._band_w)
+            p[self.key("B")] = B
+        else:
+            p[self.key("W_taps")] = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
 
     def _rows(self, view, m):
         """(m, oh, ow, ...) -> the same array with C's row order: (m, oh, ow, ...) or, blocked,
@@ -177,7 +185,42 @@ class ConvStage(Stage):
             natural = chunk.buf(self.key("dn"), (m, self.oh, self.ow, self.f))
             np.copyto(self._rows(natural, m), d2.reshape(self._rows(natural, m).shape))
             d2 = natural.reshape(-1, self.f)
+        if self.row_bands:
+            return self._rows_back(chunk, d2, p[self.key("B")], m)
         return self._col2im(chunk, d2, p[self.key("W_taps")], m)
+
+    # dC/d(input) for a thin input (few channels): per kernel row i, ONE matmul of the delta's rows
+    # (m*oh, ow*f) with a banded B_i (ow*f, wp*c), B_i[(x, f), (x + j, c)] = W[f, c, i, j], gives that
+    # row's contribution to whole input rows y + i, added at once. w/kw times the flops of the per-tap
+    # matmuls, whose (M, f) @ (f, c) products are too thin for BLAS when c is small (LeNet's second conv,
+    # c = 6: 0.75 -> 0.33 ms per 32 images).
+    ROW_BANDS_MAX_C = 8
+
+    def _band_shape(self):
+        wp, c = self.in_shape[1] + 2 * self.pw, self.in_shape[2]
+        return (self.kh, self.ow * self.f, wp * c)
+
+    def _band_index(self):
+        """Where W[f, c, i, j] goes in B (kh, ow*f, wp*c), for every output column x."""
+        c = self.in_shape[2]
+        kh, ow, f = self._band_shape()[0], self.ow, self.f
+        f_, c_, i_, j_, x_ = np.meshgrid(np.arange(self.f), np.arange(c), np.arange(self.kh), np.arange(self.kw),
+                                         np.arange(ow), indexing="ij")
+        shape = self._band_shape()
+        flat = (i_ * shape[1] + x_ * f + f_) * shape[2] + (x_ + j_) * c + c_
+        self._band_flat = flat.reshape(-1)
+        self._band_w = (((f_ * c + c_) * self.kh + i_) * self.kw + j_).reshape(-1)   # into W.ravel()
+
+    def _rows_back(self, chunk, d2, B, m):
+        h, w, c = self.in_shape
+        hp, wp = h + 2 * self.ph, w + 2 * self.pw
+        rows = d2.reshape(m * self.oh, self.ow * self.f)
+        part = chunk.buf(self.key("dB"), (m * self.oh, wp * c))
+        da = np.zeros((m, hp, wp * c), np.float32)
+        for i in range(self.kh):
+            np.matmul(rows, B[i], out=part)
+            da[:, i:i + self.oh] += part.reshape(m, self.oh, wp * c)
+        return da.reshape(m, hp, wp, c)[:, self.ph:self.ph + h, self.pw:self.pw + w]
 
     def _col2im(self, chunk, d2, W_taps, m):
         """dC/d(input) (m, h, w, c) from delta rows (m, oh, ow): one matmul per tap gives that tap's
