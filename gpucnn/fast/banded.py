@@ -11,8 +11,10 @@ lowering (lowering.windows) cuts wider windows and the kernel becomes a banded m
      (zero off the band; last column b): ONE (4*f*bw/2, (kh+1)*uw + 1) @ (.., m*poh*nb) matmul. The
      band wastes flops and still wins: R holds each pixel ~(kh+1)*uw/(2*bw) times, im2col kh*kw
      times. Each of the 4 taps (dy, dx) of a 2x2 pooling window is then a contiguous row block of zt.
-  3. a = the activation's sigma_scaled in place (its prescale folded into Tt: a power of 2, exact),
-     the pool = lowering.first_max over the 4 blocks, handed on channel-last (m, poh, pow, f).
+  3. the pool = lowering.first_max of z over the 4 blocks, then a = the activation's sigma_scaled of
+     the pooled z, in place (its prescale folded into Tt: a power of 2, exact): the activations taken
+     here never decrease, so sigma(max z) = max sigma(z), and a quarter of the values pass through
+     sigma. Handed on channel-last (m, poh, pow, f).
   4. backward: the activation's prime only at the argmax (a function of the pooled value),
      lowering.route_to_argmax into delta_t; Gt = delta_t @ R; dW = the sums of Gt along the band's
      diagonals, db = its last column summed. dC/dx (only for Network.backward, never in training) =
@@ -20,7 +22,9 @@ lowering (lowering.windows) cuts wider windows and the kernel becomes a banded m
 
 NOTE: outputs and gradients equal the reference's to float32 rounding, not bit for bit (the conv
 sums its products in another order). Pooling ties that are exact in z (blank background: z = b)
-are exact here too and resolve the same way; a near tie a rounding apart may resolve differently.
+are exact here too and resolve the same way; a near tie a rounding apart may resolve differently, and
+so may a tie that only sigma makes (two z a rounding apart with one float32 sigma; for ReLU such ties
+are at 0, where sigma' = 0 sends nothing either way).
 """
 import numpy as np
 
@@ -113,14 +117,14 @@ class BandedConvPoolStage(Stage):
         np.copyto(R[:, :K].reshape(m, self.poh, self.nb, self.uh, self.uw), win)
         zt = chunk.keep(self.key("zt"), (self.N, sp))
         np.matmul(p[self.key("Tt")], R.T, out=zt)    # 2. zt = Tt @ R^T (+ b, R's column of ones)
-        self.act.sigma_scaled(np, zt, out=zt)        # 3. a = sigma(z) in place, then the pool
         pt = chunk.keep(self.key("pt"), (self.q, sp))
         argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
-        if chunk.grad:
+        if chunk.grad:                               # 3. the pool, of z
             lowering.first_max(self._taps(zt), pt, argmax, signed_zeros=False)
         else:                       # inference, or a kept forward: the argmax waits for a backward
             lowering.window_max(self._taps(zt), pt)
             argmax = None
+        self.act.sigma_scaled(np, pt, out=pt)        # then a = sigma(max z) = max sigma(z), in place
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         chunk.cache[self.index] = (R, zt, pt, argmax, m)
         if self.channel_first:                       # (m, f, py, blk, pv): px = blk*pv + v
