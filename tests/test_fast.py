@@ -461,7 +461,19 @@ def test_batchnorm_in_train_mode_trains_in_phases_like_the_layers(batch):
     for layer, twin in zip(net.layers, ref.layers):
         for key, value in layer.buffers.items():
             np.testing.assert_allclose(value, twin.buffers[key], rtol=1e-5, atol=1e-7)
+    # a forward nobody takes a backward of (train mode, so in phases too) leaves the kept one alone
+    twin = NETS["batchnorm-train"]()
+    twin.set_params(net.get_arrays())                  # parameters and running statistics
+    net.forward(x[:20])
+    net._infer(x[20:])
+    net.backward(y1[:20])
+    twin.forward(x[:20])
+    twin.backward(y1[:20])
+    assert [g.tobytes() for g in grads(net)] == [g.tobytes() for g in grads(twin)]
     plan, n = net._fast, 70
+    before = net.get_arrays()                          # params() without n: a probe, nothing moves
+    plan.chunk_parts(x[:1], y1[:1], np.empty((1, 10), np.float32), plan.params(), [0], 1)
+    assert all(v.tobytes() == net.get_arrays()[k].tobytes() for k, v in before.items())
     with pytest.raises(ValueError, match="need every chunk"):
         plan.chunk_parts(x, y1, np.empty((n, 10), np.float32), plan.params(n), [0], n)
     one = _net([L.BatchNorm2D(2), L.Flatten()], input_shape=(2, 1, 1))

@@ -205,8 +205,11 @@ class Plan:
         x = np.ascontiguousarray(x, np.float32)
         out = np.empty((n, self.out_features), np.float32)
         params = self.params(n)
-        # a whole-batch stage needs every chunk's arrays at once: they are kept (per chunk) then too
-        kept = self._kept_store() if keep or self._whole_batch(params) else None
+        # a whole-batch stage needs every chunk's arrays at once: an unkept forward keeps them too, in
+        # a store of its own (the last kept forward's arrays stay for its backward)
+        kept = None
+        if keep or self._whole_batch(params):
+            kept = self._kept_store("kept" if keep else "unkept")
         # grad=False: what only a backward needs (the pooling argmax) waits for backward()
         chunks = [Chunk(self, i, s, e, n, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
         self._forward_all(chunks, x, params, out, "forward")
@@ -252,11 +255,11 @@ class Plan:
                 dx[chunk.s:chunk.e] = dx_rows
         self._run(one, chunks, n, "backward")
 
-    def _kept_store(self):
-        store = getattr(self, "_kept", None)
-        if store is None:
-            store = self._kept = {}
-        return store
+    def _kept_store(self, name="kept"):
+        """Per-chunk arrays that outlive a chunk, by use: "kept" (a kept forward for its backward, or a
+        phased step), "unkept" (a phased forward nobody will take a backward of)."""
+        stores = self.__dict__.setdefault("_stores", {})
+        return stores.setdefault(name, {})
 
     def _loss_gradient(self, out_rows, y1_rows, n):
         # The backward runs before the cost is known to be finite (it is skipped afterwards if not):

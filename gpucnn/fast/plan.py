@@ -61,7 +61,7 @@ class StagePlan(Plan):
                 if stage.cls.prescale != 1.0 and isinstance(before, (ConvStage, DenseStage)):
                     before.prescale, stage.scaled = stage.cls.prescale, True
                 if isinstance(after, MaxPoolStage) and stage.from_output:
-                    after.act, stage.pooled = stage.cls, True
+                    after.act, after.act_scaled, stage.pooled = stage.cls, stage.scaled, True
             if isinstance(stage, FlattenStage) and stage.perm is not None:
                 dense = next((s for s in stages[k + 1:] if not isinstance(s, (ActivationStage, PassStage))),
                              None)
@@ -99,7 +99,7 @@ class StagePlan(Plan):
 
     # -- the step over one chunk ------------------------------------------------------------------
     def _params(self, n):
-        p = {}
+        p = {"n": n}                              # None: a probe, nothing drawn or updated
         for stage in self.stages:
             stage.params(p)
             if n is not None:
@@ -107,15 +107,15 @@ class StagePlan(Plan):
         return p
 
     def _forward_chunk(self, chunk, x, p):
-        return self._forward_stages(chunk, x, p, 0, len(self.stages))
+        return self._forward_stages(chunk, x, p, 0, len(self.stages), rows=True)
 
     def _backward_chunk(self, chunk, g, p, need_dx):
         parts = {}
         return parts, self._backward_stages(chunk, g, p, parts, len(self.stages) - 1, 0, need_dx)
 
-    def _forward_stages(self, chunk, a, p, lo, hi):
-        """Stages lo..hi-1 forward on one chunk; at lo = 0, ``a`` is x and its rows are taken."""
-        if lo == 0:
+    def _forward_stages(self, chunk, a, p, lo, hi, rows=False):
+        """Stages lo..hi-1 forward on one chunk; ``rows``: ``a`` is x, the chunk's rows are taken."""
+        if rows:
             a = a[chunk.s:chunk.e]
             if a.ndim == 4:                           # (m, c, h, w) -> (m, h, w, c)
                 if a.shape[1] == 1:
@@ -152,8 +152,8 @@ class StagePlan(Plan):
         n, last = out.shape[0], len(self.stages)
         acts = [None] * len(chunks)
         for k, (lo, hi) in enumerate(zip([0] + cuts, cuts + [last])):
-            def one(chunk, lo=lo, hi=hi):
-                a = self._forward_stages(chunk, x if lo == 0 else acts[chunk.index], p, lo, hi)
+            def one(chunk, lo=lo, hi=hi, first=k == 0):
+                a = self._forward_stages(chunk, x if first else acts[chunk.index], p, lo, hi, rows=first)
                 if hi == last:
                     out[chunk.s:chunk.e] = a
                 else:

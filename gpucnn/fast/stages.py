@@ -16,9 +16,10 @@ Where each piece of math comes from (one definition each):
 Fusions the plan makes between neighbours (``build`` in __init__.py):
     * an activation's prescale (Sigmoid: 0.5 z) folded into the conv or dense weights before it
       (a power of 2: exact), so the activation runs sigma_scaled in place;
-    * conv -> activation -> max-pool: the conv computes only the rows and columns the pool reads, and
-      sigma' is evaluated only at each window's argmax (from the pooled value, which is the output
-      there) - a quarter of the positions for a 2x2 pool;
+    * conv -> activation -> max-pool: the conv computes only the rows and columns the pool reads;
+      activation -> max-pool: the pool takes z, sigma runs on the pooled values only (the activations
+      here never decrease) and sigma' only at each window's argmax (from the pooled value, which is
+      the output there) - a quarter of the positions for a 2x2 pool;
     * Flatten's channel-last order absorbed into the next dense layer's columns (a permutation).
 """
 import math
@@ -244,8 +245,9 @@ class ConvStage(Stage):
 
 class ActivationStage(Stage):
     """a = sigma(z) in place (the layer class's sigma, or sigma_scaled when the prescale is folded
-    into the layer before); backward da * prime(a, z). ``pooled``: a max-pool after it applies
-    sigma' at its argmax instead (then this backward passes da through)."""
+    into the layer before); backward da * prime(a, z). ``pooled``: the max-pool after it pools z and
+    applies sigma to the pooled values, sigma' at its argmax (the activations with a prime from the
+    output never decrease: sigma(max z) = max sigma(z)); this stage then passes z and da through."""
     owns_output = False                   # its backward reads its output
 
     def __init__(self, layer, index, in_shape):
@@ -257,6 +259,8 @@ class ActivationStage(Stage):
         self.pooled = False
 
     def forward(self, chunk, a, p):
+        if self.pooled:
+            return a
         z = None if self.from_output else np.copy(a)
         out = a if self.in_place else chunk.keep(self.key("a"), a.shape)
         if self.scaled:
@@ -293,7 +297,8 @@ class MaxPoolStage(PoolStage):
     def __init__(self, layer, index, in_shape):
         super().__init__(layer, index, in_shape)
         h, w, c = in_shape
-        self.act = None
+        self.act = None                   # the activation before it, applied here (ActivationStage.pooled)
+        self.act_scaled = False           # ... as sigma_scaled (its prescale folded into the conv)
         self.blocked = False              # the input comes tap-major, (s*s, m*poh*pow, c) (ConvStage.crop)
         self.floats = 2 * h * w * c
 
@@ -315,9 +320,11 @@ class MaxPoolStage(PoolStage):
         taps = self._taps(a)
         if not chunk.grad:          # inference, or a kept forward: the argmax waits for a backward
             lowering.window_max(taps, pooled.reshape(taps[0].shape))
-            chunk.cache[self.index] = (pooled, None, a)
-            return pooled
-        self._first_max(taps, pooled, argmax)
+            argmax = None
+        else:
+            self._first_max(taps, pooled, argmax)
+        if self.act is not None:          # sigma of the pooled z
+            (self.act.sigma_scaled if self.act_scaled else self.act.sigma)(np, pooled, out=pooled)
         chunk.cache[self.index] = (pooled, argmax, a)
         return pooled
 
@@ -523,9 +530,10 @@ class BatchNormStage(Stage):
         mu = (_ordered_sum(a.sum(axis=(0, 1, 2), dtype=np.float64) for a in acts) / m).astype(np.float32)
         var = (_ordered_sum(np.square(a - mu).sum(axis=(0, 1, 2), dtype=np.float64) for a in acts)
                / m).astype(np.float32)
-        keep, running = 1.0 - layer.momentum, layer.buffers
-        running["running_mean"] = keep * running["running_mean"] + layer.momentum * mu
-        running["running_var"] = keep * running["running_var"] + (layer.momentum * m / (m - 1)) * var
+        if p["n"] is not None:                # a step, not a probe of shapes (Plan.params())
+            keep, running = 1.0 - layer.momentum, layer.buffers
+            running["running_mean"] = keep * running["running_mean"] + layer.momentum * mu
+            running["running_var"] = keep * running["running_var"] + (layer.momentum * m / (m - 1)) * var
         p[self.key("mu")], p[self.key("inv_std")] = mu, 1.0 / np.sqrt(var + layer.eps)
         p[self.key("m")] = m
 
