@@ -205,7 +205,7 @@ class DistributedEpoch(HostEpoch):
         return self._generic_step(xb, y1, optimizer)
 
     def _fused_step(self, plan, xb, y1, optimizer):
-        comm, net = self.comm, self.net
+        comm = self.comm
         xb, y1 = np.ascontiguousarray(xb, np.float32), np.ascontiguousarray(y1, np.float32)
         n, classes = xb.shape[0], y1.shape[1]
         chunks = plan.chunks(n)
@@ -234,12 +234,7 @@ class DistributedEpoch(HostEpoch):
             total = lay.pack(np, [plan.combine(parts)]) if parts else np.zeros(lay.size, lay.dtype)
             comm.allreduce_sum(total)
             combined = lambda: lay.unpack(total, 1)[0]
-        cost = net.loss.cost(np, out, y1)
-        net.out = None                                 # the layers' caches are stale: no backward()
-        if math.isfinite(cost):
-            plan.store_grads(combined())
-            optimizer.step(net.parameters())
-        return cost, out
+        return plan.finish_step(out, y1, combined, optimizer)
 
     def _generic_step(self, xb, y1, optimizer):
         net, comm, xp = self.net, self.comm, self.net.backend.xp

@@ -55,6 +55,8 @@ them, so one process and N ranks run identical code):
     plan.combine(parts_list)-> the sum of the parts in list order (pass them in chunk order 0, 1, ...
                                for the single-process bits); dict of float32 arrays, fixed keys
     plan.store_grads(combined) -> writes every layer's Parameter.grad (their shapes)
+    plan.finish_step(out, y1, combined, optimizer) -> (cost, out): the cost of the whole batch; when
+                               finite, store_grads(combined()) and the optimizer step
 
 A rank takes whole chunks in order (rank r of R: a contiguous run of chunk ids), all-gathers the
 per-chunk parts, and combines them in chunk order: bitwise the parameters of one process.

@@ -190,11 +190,16 @@ class Plan:
         params = self.params(n)
         out = np.empty((n, self.out_features), np.float32)
         parts = self.chunk_parts(xb, y1, out, params, range(len(self.chunks(n))), n)
+        return self.finish_step(out, y1, lambda: self.combine(parts), optimizer)
+
+    def finish_step(self, out, y1, combined, optimizer):
+        """The end of a step over the whole batch's out and y1: (cost, out); a finite cost stores the
+        gradients (``combined()``: the summed parts) and takes the optimizer step."""
         cost = self.loss.cost(np, out, y1)
         self.saved = None
         self.net.out = None                          # the layers' caches are stale: no backward()
         if math.isfinite(cost):
-            self.store_grads(self.combine(parts))
+            self.store_grads(combined())
             optimizer.step(self.net.parameters())
         return cost, out
 

@@ -203,11 +203,9 @@ class ConvStage(Stage):
 
     def _band_index(self):
         """Where W[f, c, i, j] goes in B (kh, ow*f, wp*c), for every output column x."""
-        c = self.in_shape[2]
-        kh, ow, f = self._band_shape()[0], self.ow, self.f
-        f_, c_, i_, j_, x_ = np.meshgrid(np.arange(self.f), np.arange(c), np.arange(self.kh), np.arange(self.kw),
-                                         np.arange(ow), indexing="ij")
-        shape = self._band_shape()
+        c, f, shape = self.in_shape[2], self.f, self._band_shape()
+        f_, c_, i_, j_, x_ = np.meshgrid(np.arange(f), np.arange(c), np.arange(self.kh), np.arange(self.kw),
+                                         np.arange(self.ow), indexing="ij")
         flat = (i_ * shape[1] + x_ * f + f_) * shape[2] + (x_ + j_) * c + c_
         self._band_flat = flat.reshape(-1)
         self._band_w = (((f_ * c + c_) * self.kh + i_) * self.kw + j_).reshape(-1)   # into W.ravel()
