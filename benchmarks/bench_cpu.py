@@ -283,6 +283,10 @@ def run(args):
         TORCH_THREADS = torch.get_num_threads()
         extra.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     machine = harness.machine_info(extra)
+    note = harness.blas_kernel_note(machine)
+    if note:
+        print(note)
+        machine["note"] = note
     x, y, source = load_digits()
     machine["data"] = source
     rounds, block_s, gap_s, warm_s = ((2, 0.05, 0.02, 0.05) if args.quick
@@ -342,7 +346,8 @@ def markdown(payload):
              f"({m.get('torch_threads', '-')} threads); BLAS: {pools}; env {m['env'] or '{}'}.",
              f"Data: {m['data']}. Median of {payload['settings']['rounds']} interleaved rounds; ratio = "
              "gpucnn / PyTorch per round, median (min–max), against PyTorch with its default threads and "
-             "held to 1 thread; a target counts as met only against the faster of the two.", "",
+             "held to 1 thread; a target counts as met only against the faster of the two.",
+             *([f"*{m['note']}*"] if m.get("note") else []), "",
              "| configuration | gpucnn img/s | PyTorch img/s | PyTorch 1 thread | ratio vs PyTorch | ratio vs "
              "1 thread | target | met | reference path img/s | gpucnn path | grad err vs ref (gpucnn / torch) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -130,7 +130,7 @@ def machine_info(extra=None):
         "two_core_speedup_at_start": two_core_speedup(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                             "OMP_NUM_THREADS", "GPUCNN_BACKEND") if k in os.environ},
     }
     try:
@@ -142,6 +142,24 @@ def machine_info(extra=None):
         info["threadpools"] = "threadpoolctl not installed"
     info.update(extra or {})
     return info
+
+
+def blas_kernel_note(info):
+    """A line when OPENBLAS_CORETYPE holds OpenBLAS to a kernel of its choosing, else None.
+
+    Some machines set it for older OpenBLAS builds; a current NumPy's OpenBLAS then runs that kernel
+    (e.g. Haswell's AVX2 on an AVX-512 CPU: half the matmul peak) while PyTorch's oneDNN picks its
+    own, so such a run compares gpucnn on a held-back BLAS. Unset it for that command alone:
+    ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_cpu.py``.
+    """
+    held = info.get("env", {}).get("OPENBLAS_CORETYPE")
+    if held is None:
+        return None
+    kernels = [p.get("architecture") for p in info.get("threadpools", []) if isinstance(p, dict)
+               and p.get("internal_api") == "openblas"]
+    return (f"note: OPENBLAS_CORETYPE={held} holds OpenBLAS to the {'/'.join(map(str, kernels)) or held} "
+            "kernel while PyTorch picks its own; for a like-for-like run: "
+            "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_cpu.py")
 
 
 # -- peak memory, one competitor per fresh process ---------------------------------------------------
