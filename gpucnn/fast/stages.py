@@ -45,6 +45,7 @@ class Stage:
     def __init__(self, layer, index, in_shape):
         self.layer, self.index, self.in_shape = layer, index, in_shape
         self.out_shape = in_shape
+        self._keys = {}                   # name -> "<index>.<name>" (key())
 
     def available(self):
         return None
@@ -71,10 +72,10 @@ class Stage:
     def key(self, name):
         """"<index>.<name>", the key of this stage's parameters, parts and buffers (cached: a step
         asks for a couple of dozen)."""
-        keys = self.__dict__.setdefault("_keys", {})
-        if name not in keys:
-            keys[name] = f"{self.index}.{name}"
-        return keys[name]
+        try:
+            return self._keys[name]
+        except KeyError:                  # first ask (two threads may both store the same string)
+            return self._keys.setdefault(name, f"{self.index}.{name}")
 
 
 class ConvStage(Stage):
