@@ -158,12 +158,17 @@ def test_cuda_backends_fuse_conv_and_activation_and_match_numpy(act):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6, err_msg=p.name)
 
 
-def test_execution_path_follows_the_mode():
-    """A plan that a layer's mode rules out (Dropout in train mode) is not reported as running."""
+def test_execution_path_follows_what_can_run_now():
+    """A plan that the network's state rules out now (a layer's forward replaced on the instance) is
+    not reported as running; Dropout runs in the plan in both modes."""
     net = Network([Conv2D(1, 3, 5), ReLU(), MaxPool2D(2), Flatten(), gpucnn.Dropout(0.5), Dense(432, 10)],
                   loss="cross_entropy", backend="numpy")
-    assert net.execution_path().startswith("layer by layer (layer 4 Dropout")
+    assert net.execution_path().startswith("fused CPU plan")
     assert net.eval().execution_path().startswith("fused CPU plan")
+    net.layers[1].forward = lambda a: np.maximum(a, 0)
+    assert net.execution_path().startswith("layer by layer (layer 1 ReLU has its forward or backward replaced")
+    del net.layers[1].forward
+    assert net.execution_path().startswith("fused CPU plan")
 
 
 def test_environment_settings_are_checked_and_named(monkeypatch):

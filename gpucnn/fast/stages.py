@@ -35,6 +35,12 @@ from ..ops import lowering, reference
 PRIME_FROM_OUTPUT = ("Sigmoid", "Tanh", "ReLU")
 
 
+def column_sums(a, dtype=np.float32):
+    """The sums down the columns of a 2-D array, in dtype: a matrix-vector product with ones. (NumPy's
+    a.sum(axis=0) adds row after row, ~10x slower for a few columns, e.g. a conv's (m*oh*ow, f).)"""
+    return np.ones(a.shape[0], dtype) @ a.astype(dtype, copy=False)
+
+
 class Stage:
     """Base: identity shape, no parameters, output owned by the plan (the next stage may overwrite it)."""
     owns_output = True
@@ -153,12 +159,13 @@ class ConvStage(Stage):
         rows = self._rows(win[:, :self.oh, :self.ow], m)                        # (rows..., c, kh, kw)
         r = rows.ndim - 3
         M, K = m * self.oh * self.ow, self.kh * self.kw * c
+        store = chunk.keep if chunk.grad else chunk.buf      # scratch but in a phased step
         if self.transposed:
-            CT = chunk.buf(self.key("C"), (K, M))
+            CT = store(self.key("C"), (K, M))
             np.copyto(CT.reshape(self.kh, self.kw, c, *rows.shape[:r]),
                       rows.transpose(r + 1, r + 2, r, *range(r)))
             return CT.T
-        C = chunk.buf(self.key("C"), (M, K))
+        C = store(self.key("C"), (M, K))
         np.copyto(C.reshape(*rows.shape[:r], self.kh, self.kw, c), rows.transpose(*range(r), r + 1, r + 2, r))
         return C
 
@@ -167,8 +174,9 @@ class ConvStage(Stage):
         z = chunk.keep(self.key("z"), (C.shape[0], self.f))
         np.matmul(C, p[self.key("Wm")], out=z)
         np.add(z, p[self.key("b")], out=z)
-        # the kept forward (Network.forward) keeps the input, not C: backward lowers it again
-        chunk.cache[self.index] = (a, C if chunk.kept is None else None)
+        # a step keeps C for its backward (per chunk when it runs in phases); the kept forward of
+        # Network.forward keeps the input, not C: its backward lowers it again
+        chunk.cache[self.index] = (a, C if chunk.grad else None)
         if self.block is not None:
             return z.reshape(self.block * self.block, -1, self.f)
         return z.reshape(a.shape[0], self.oh, self.ow, self.f)
@@ -179,7 +187,7 @@ class ConvStage(Stage):
             C = self._im2col(chunk, a)
         d2 = delta.reshape(-1, self.f)
         parts[self.key("W")] = C.T @ d2
-        parts[self.key("b")] = d2.sum(axis=0)
+        parts[self.key("b")] = column_sums(d2)
         if not need_da:
             return None
         m = a.shape[0]
@@ -488,13 +496,17 @@ class DropoutStage(PassStage):
 
 
 class BatchNormStage(Stage):
-    """BatchNorm2D on channel-last maps (per-channel sums over the axes (m, y, x)), the layer's formulas.
+    """BatchNorm2D on channel-last maps, the layer's formulas.
+
+    The maps are worked on as rows (m*h, w*c), with each per-channel vector tiled along a row (w
+    copies): every pass then runs along rows of w*c floats, not c; a per-channel sum is one
+    matrix-vector product with a vector of ones, then the sum of its w column groups.
 
     Eval mode (the running statistics): one pass per chunk, like any stage. Train mode needs the whole
     batch's mean and variance before any chunk can go on, and the whole batch's sums of the delta in
     the backward (``whole_batch``): the plan then runs in phases and calls
-      reduce_forward   mu = sum a / m, then var = sum (a - mu)^2 / m (two passes, as the layer), in
-                       chunk order; the running statistics move as the layer moves them;
+      reduce_forward   mu = sum a / m, then var = sum (a - mu)^2 / m (two passes, as the layer, each
+                       summed in float64), in chunk order; the running statistics move as the layer's;
       reduce_backward  dbeta = sum da, dgamma = sum da xhat (each chunk's sums are its parts), so
                        da_prev = gamma inv_std (da - dbeta / m - xhat dgamma / m)   (= the layer's
                        (dxhat - mean dxhat - xhat mean(dxhat xhat)) inv_std with dxhat = gamma da).
@@ -509,13 +521,26 @@ class BatchNormStage(Stage):
     def whole_batch(self, p):
         return p[self.key("train")]
 
+    def _rows(self, a):
+        return a.reshape(-1, self.in_shape[1] * self.in_shape[2])
+
+    def _tiled(self, p, **vectors):
+        """p["<index>.<name>"] = the per-channel vector tiled along a row of w*c floats."""
+        for name, v in vectors.items():
+            p[self.key(name)] = np.tile(np.asarray(v, np.float32), self.in_shape[1])
+
+    def _channel_sums(self, rows, dtype=np.float32):
+        """Per-channel sums of rows (m*h, w*c), accumulated in dtype (float32 in the parts)."""
+        return column_sums(rows, dtype).reshape(-1, self.in_shape[2]).sum(axis=0)
+
     def params(self, p):
         layer = self.layer
         p[self.key("train")] = layer.training
-        p[self.key("gamma")], p[self.key("beta")] = layer.gamma, layer.beta
+        self._tiled(p, gamma=layer.gamma, beta=layer.beta)
         if not layer.training:
-            p[self.key("mu")] = layer.buffers["running_mean"]
-            p[self.key("inv_std")] = 1.0 / np.sqrt(layer.buffers["running_var"] + layer.eps)
+            inv_std = 1.0 / np.sqrt(layer.buffers["running_var"] + layer.eps)
+            self._tiled(p, mu=layer.buffers["running_mean"], inv_std=inv_std,
+                        scale=layer.gamma * inv_std)
 
     def reduce_forward(self, chunks, acts, p):
         layer = self.layer
@@ -526,53 +551,55 @@ class BatchNormStage(Stage):
             raise ValueError(f"{layer!r} in train mode needs more than 1 value per channel, got input "
                              f"{(n, c, h, w)}; use eval mode or a larger batch")
         # float64 sums, as the layer's means (each chunk's, then in chunk order), then float32
-        mu = (_ordered_sum(a.sum(axis=(0, 1, 2), dtype=np.float64) for a in acts) / m).astype(np.float32)
-        var = (_ordered_sum(np.square(a - mu).sum(axis=(0, 1, 2), dtype=np.float64) for a in acts)
+        mu = (_ordered_sum(self._channel_sums(self._rows(a), np.float64) for a in acts) / m).astype(np.float32)
+        mu_row = np.tile(mu, w)
+        var = (_ordered_sum(self._channel_sums(np.square(self._rows(a) - mu_row), np.float64) for a in acts)
                / m).astype(np.float32)
         if p["n"] is not None:                # a step, not a probe of shapes (Plan.params())
             keep, running = 1.0 - layer.momentum, layer.buffers
             running["running_mean"] = keep * running["running_mean"] + layer.momentum * mu
             running["running_var"] = keep * running["running_var"] + (layer.momentum * m / (m - 1)) * var
-        p[self.key("mu")], p[self.key("inv_std")] = mu, 1.0 / np.sqrt(var + layer.eps)
+        inv_std = 1.0 / np.sqrt(var + layer.eps)
+        self._tiled(p, mu=mu, inv_std=inv_std, scale=layer.gamma * inv_std)
         p[self.key("m")] = m
 
     def forward(self, chunk, a, p):
-        xhat = chunk.keep(self.key("xhat"), a.shape)
-        np.subtract(a, p[self.key("mu")], out=xhat)
+        rows = self._rows(a)
+        xhat = chunk.keep(self.key("xhat"), rows.shape)
+        np.subtract(rows, p[self.key("mu")], out=xhat)
         np.multiply(xhat, p[self.key("inv_std")], out=xhat)
-        out = chunk.keep(self.key("a"), a.shape)
+        out = chunk.keep(self.key("a"), rows.shape)
         np.multiply(xhat, p[self.key("gamma")], out=out)
         np.add(out, p[self.key("beta")], out=out)
         chunk.cache[self.index] = xhat
-        return out
+        return out.reshape(a.shape)
 
-    def _sums(self, chunk, da):
+    def _sums(self, chunk, da_rows):
         xhat = chunk.cache[self.index]
-        return da.sum(axis=(0, 1, 2)), (da * xhat).sum(axis=(0, 1, 2))
+        return self._channel_sums(da_rows), self._channel_sums(da_rows * xhat)
 
     def reduce_backward(self, chunks, deltas, p):
-        sums = [self._sums(chunk, da) for chunk, da in zip(chunks, deltas)]
+        sums = [self._sums(chunk, self._rows(da)) for chunk, da in zip(chunks, deltas)]
         for chunk, chunk_sums in zip(chunks, sums):
             chunk.cache[self.index, "sums"] = chunk_sums
         # in chunk order: the sums combine() makes of the parts, bit for bit
-        p[self.key("dbeta")] = _ordered_sum(db for db, _ in sums)
-        p[self.key("dgamma")] = _ordered_sum(dg for _, dg in sums)
+        m = p[self.key("m")]
+        self._tiled(p, dbeta_m=_ordered_sum(db for db, _ in sums) / m,
+                    dgamma_m=_ordered_sum(dg for _, dg in sums) / m)
 
     def backward(self, chunk, da, p, parts, need_da):
-        xhat = chunk.cache[self.index]
+        xhat, rows = chunk.cache[self.index], self._rows(da)
         train = p[self.key("train")]
-        dbeta, dgamma = chunk.cache.pop((self.index, "sums")) if train else self._sums(chunk, da)
+        dbeta, dgamma = chunk.cache.pop((self.index, "sums")) if train else self._sums(chunk, rows)
         parts[self.key("beta")], parts[self.key("gamma")] = dbeta, dgamma
         if not need_da:
             return None
-        scale = p[self.key("gamma")] * p[self.key("inv_std")]
         if not train:
-            return da * scale
-        m = p[self.key("m")]
-        centred = da - p[self.key("dbeta")] / m
-        centred -= xhat * (p[self.key("dgamma")] / m)
-        centred *= scale
-        return centred
+            return (rows * p[self.key("scale")]).reshape(da.shape)
+        da_prev = rows - p[self.key("dbeta_m")]
+        da_prev -= xhat * p[self.key("dgamma_m")]
+        da_prev *= p[self.key("scale")]
+        return da_prev.reshape(da.shape)
 
     def store(self, total):
         self.layer.params["gamma"].grad = total[self.key("gamma")]
