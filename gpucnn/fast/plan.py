@@ -3,8 +3,8 @@ import numpy as np
 
 from .banded import BandedConvPoolStage
 from .common import THREAD_MIN, Plan
-from .stages import (STAGES, ActivationStage, ConvStage, DenseStage, DropoutStage, FlattenStage,
-                     MaxPoolStage, PassStage)
+from .stages import (STAGES, ActivationStage, BatchNormStage, ConvStage, DenseStage, DropoutStage,
+                     FlattenStage, MaxPoolStage, PassStage)
 
 
 CHEAP_IMAGE_FLOPS = 200_000     # below this per image, chunks grow past 32 images (see StagePlan)
@@ -72,18 +72,29 @@ class StagePlan(Plan):
                             between.perm = stage.perm
                 else:
                     stage.reorder = True
-            if isinstance(stage, ConvStage):          # crop to what a max-pool after it reads
-                pool = after if isinstance(after, MaxPoolStage) else None
-                if isinstance(after, ActivationStage) and k + 2 < len(stages) \
-                        and isinstance(stages[k + 2], MaxPoolStage):
-                    pool = stages[k + 2]
-                if pool is not None:
-                    block = pool.size if pool.stride == pool.size else None
-                    stage.crop(*pool.reads(), block=block)
-                    pool.blocked = block is not None
-                    for between in stages[k + 1:stages.index(pool)]:
-                        between.in_shape = between.out_shape = stage.out_shape
-                    pool.in_shape = stage.out_shape
+            if isinstance(stage, ConvStage):
+                self._crop_for_pool(k)
+
+    def _crop_for_pool(self, k):
+        """Conv k, then activations and batch norms, then a max-pool: the conv computes only the rows
+        and columns the pool reads, and for a pool of non-overlapping windows puts them tap-major
+        (ConvStage.crop), which the stages between take as they come: each works per channel on the
+        channel-last values in any order. A batch norm's statistics need every position, so with one
+        between, a conv whose output the pool does not read whole keeps its layout."""
+        stages, j = self.stages, k + 1
+        while j < len(stages) and isinstance(stages[j], (ActivationStage, BatchNormStage)):
+            j += 1
+        if j == len(stages) or not isinstance(stages[j], MaxPoolStage):
+            return
+        conv, pool, between = stages[k], stages[j], stages[k + 1:j]
+        if any(isinstance(s, BatchNormStage) for s in between) and tuple(pool.reads()) != conv.full:
+            return
+        block = pool.size if pool.stride == pool.size else None
+        conv.crop(*pool.reads(), block=block)
+        pool.blocked = block is not None
+        for s in between:
+            s.in_shape = s.out_shape = conv.out_shape
+        pool.in_shape = conv.out_shape
 
     def available(self):
         for i, layer in enumerate(self.net.layers):

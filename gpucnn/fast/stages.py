@@ -545,7 +545,7 @@ class BatchNormStage(Stage):
     def reduce_forward(self, chunks, acts, p):
         layer = self.layer
         h, w, c = self.in_shape
-        n = sum(a.shape[0] for a in acts)
+        n = sum(chunk.m for chunk in chunks)   # (not a.shape[0]: a tap-major conv output is (s*s, ., c))
         m = n * h * w
         if m < 2:                             # the layer's own check and words
             raise ValueError(f"{layer!r} in train mode needs more than 1 value per channel, got input "
