@@ -9,7 +9,8 @@ What is timed (images/s, median of interleaved rounds, see harness.py):
     infer    net.predict(x): labels (PyTorch: model(x).argmax under inference_mode)
     forward  net.forward(x), which keeps what backward needs (PyTorch: model(x) under inference_mode)
 Networks: the seed network; LeNet-5 (conv 6@5 pad 2, relu, pool, conv 16@5, relu, pool, 400-120-84-10,
-cross-entropy); the wide network (conv 32@5, conv 64@5, each relu + pool, dense 1024-10, cross-entropy).
+cross-entropy); the wide network (conv 32@5, conv 64@5, each relu + pool, dense 1024-10, cross-entropy);
+LeNet-5 with a BatchNorm2D after each conv's relu (train mode: batch statistics).
 Every timed configuration first validates: gpucnn's gradients or outputs (the path it times, normally
 the fused plan of gpucnn/fast/) against the readable layer-by-layer path (layers/ + ops/reference.py)
 on real digits when the offline sample is installed, and PyTorch's against the same, same weights.
@@ -41,9 +42,9 @@ TARGETS = {"train seed b1": 4.0, "train seed b64": 2.5, "train seed b256": 2.0, 
 CONFIGS = [("train", "seed", 1), ("train", "seed", 16), ("train", "seed", 64), ("train", "seed", 256),
            ("infer", "seed", 256), ("forward", "seed", 256), ("infer", "seed", 1024),
            ("train", "lenet", 64), ("train", "lenet", 256), ("forward", "lenet", 256),
-           ("train", "wide", 64)]
+           ("train", "wide", 64), ("train", "lenet-bn", 64)]
 GRAD_TOL = 1e-4            # max |g - g_ref| / max |g_ref|, float32 against the reference
-LR = {"seed": 0.5, "lenet": 0.05, "wide": 0.05}
+LR = {"seed": 0.5, "lenet": 0.05, "wide": 0.05, "lenet-bn": 0.05}
 PEERS = ("pytorch", "pytorch-1t")
 TORCH_THREADS = None       # PyTorch's default thread count, read once at start
 
@@ -56,6 +57,12 @@ def gpucnn_net(kind, seed=0, backend="numpy"):
         layers = [L.Conv2D(1, 6, 5, padding=2), L.ReLU(), L.MaxPool2D(2), L.Conv2D(6, 16, 5), L.ReLU(),
                   L.MaxPool2D(2), L.Flatten(), L.Dense(400, 120), L.ReLU(), L.Dense(120, 84), L.ReLU(),
                   L.Dense(84, 10)]
+    elif kind == "lenet-bn":
+        # batch norm after each conv's ReLU (after the conv itself, the conv's bias gradient is 0 by
+        # the math: rounding noise, which the gradient check would not pass)
+        layers = [L.Conv2D(1, 6, 5, padding=2), L.ReLU(), L.BatchNorm2D(6), L.MaxPool2D(2), L.Conv2D(6, 16, 5),
+                  L.ReLU(), L.BatchNorm2D(16), L.MaxPool2D(2), L.Flatten(), L.Dense(400, 120), L.ReLU(),
+                  L.Dense(120, 84), L.ReLU(), L.Dense(84, 10)]
     else:
         layers = [L.Conv2D(1, 32, 5), L.ReLU(), L.MaxPool2D(2), L.Conv2D(32, 64, 5), L.ReLU(),
                   L.MaxPool2D(2), L.Flatten(), L.Dense(1024, 10)]
@@ -66,7 +73,7 @@ def torch_net(kind, net):
     """The same architecture in PyTorch, with gpucnn's initial weights copied in."""
     import torch
     nn = torch.nn
-    net_params = [(to_numpy(layer.W), to_numpy(layer.b)) for layer in net.layers if layer.param_names]
+    net_params = [(to_numpy(layer.W), to_numpy(layer.b)) for layer in net.layers if "W" in layer.param_names]
     if kind == "seed":
         model = nn.Sequential(nn.Conv2d(1, 3, 5), nn.Sigmoid(), nn.MaxPool2d(2), nn.Flatten(),
                               nn.Linear(432, 10), nn.Sigmoid())
@@ -74,6 +81,10 @@ def torch_net(kind, net):
         model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
                               nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
                               nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    elif kind == "lenet-bn":                             # BatchNorm2d starts at gamma 1, beta 0 too
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(6), nn.MaxPool2d(2),
+                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.BatchNorm2d(16), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
     else:
         model = nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5),
                               nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1024, 10))
