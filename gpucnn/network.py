@@ -210,7 +210,7 @@ class Network:
         arrays = self.get_params()
         for i, layer in enumerate(self.layers):
             for key, value in layer.buffers.items():
-                arrays[f"layers.{i}.{key}"] = to_numpy(value).copy()
+                arrays[L.state_name(i, key)] = to_numpy(value).copy()
         return arrays
 
     def set_params(self, params):
@@ -220,7 +220,7 @@ class Network:
         arrays = {name: np.asarray(v) for name, v in params.items()}
         for i, layer in enumerate(self.layers):          # buffers are optional here; kept if absent
             for key, value in layer.buffers.items():
-                arrays.setdefault(f"layers.{i}.{key}", to_numpy(value))
+                arrays.setdefault(L.state_name(i, key), to_numpy(value))
         serialization.assign_arrays(self, arrays, "params")
 
     def load_arrays(self, arrays):
@@ -229,7 +229,7 @@ class Network:
             for key, p in layer.params.items():
                 p.assign(arrays[p.name], self.backend, self.dtype, repr(layer))
             for key in layer.buffers:
-                layer.buffers[key] = self.backend.asarray(arrays[f"layers.{i}.{key}"], self.dtype).copy()
+                layer.buffers[key] = self.backend.asarray(arrays[L.state_name(i, key)], self.dtype).copy()
 
     # -- training --------------------------------------------------------------------------------
     def train_step(self, xb, y1, optimizer):

@@ -34,7 +34,7 @@ import numpy as np
 from .data.files import describe_path, named as _named, open_regular
 from .data.npy import read_npy
 from .errors import ModelFileError
-from .layers import LAYER_TYPES
+from .layers import LAYER_TYPES, state_name
 
 FORMAT = "gpucnn-model-1"
 # Members a training checkpoint adds to a model file (gpucnn/training/checkpoint.py): the loop's state
@@ -285,7 +285,7 @@ def layers_from(description):
 
 def expected_arrays(layers):
     """{name: shape} of every parameter and buffer a model of these layers holds."""
-    return {f"layers.{i}.{key}": shape for i, layer in enumerate(layers)
+    return {state_name(i, key): shape for i, layer in enumerate(layers)
             for key, shape in {**layer.param_shapes(), **layer.buffer_shapes()}.items()}
 
 

@@ -28,7 +28,7 @@ it), so a saved file always loads; ``load`` finds the class by name, so the modu
 be imported before ``gpucnn.load``.
 """
 from .activations import ACTIVATIONS, Activation, ReLU, Sigmoid, Tanh, activation_class
-from .base import LAYER_TYPES, Layer, LayerOwnershipError, Parameter, conv_outsize, register_layer
+from .base import LAYER_TYPES, Layer, LayerOwnershipError, Parameter, conv_outsize, register_layer, state_name
 from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
@@ -36,6 +36,6 @@ from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, MaxPool2D
 from .reshape import Flatten
 
-__all__ = ["Layer", "Parameter", "LayerOwnershipError", "register_layer", "LAYER_TYPES", "conv_outsize",
+__all__ = ["Layer", "Parameter", "LayerOwnershipError", "register_layer", "LAYER_TYPES", "conv_outsize", "state_name",
            "Activation", "ACTIVATIONS", "activation_class", "Sigmoid", "ReLU", "Tanh", "Conv2D", "Dense", "MaxPool2D", "Flatten",
            "AvgPool2D", "BatchNorm2D", "Dropout"]

@@ -37,6 +37,12 @@ def positive_int(value, name):
     return int(value)
 
 
+def state_name(index, key):
+    """The name of layer ``index``'s parameter or buffer ``key`` in a network: 'layers.<index>.<key>'
+    (Parameter.name, get_params / get_arrays, model files)."""
+    return f"layers.{index}.{key}"
+
+
 def conv_outsize(size, k, pad, stride):
     """Output length of a convolution or pooling window sliding over ``size``: one formula everywhere."""
     return (size + 2 * pad - k) // stride + 1
@@ -128,7 +134,7 @@ class Layer:
         self._owner = weakref.ref(owner)
         self.backend, self.xp, self.dtype = backend, backend.xp, np.dtype(dtype)
         for key, p in self.params.items():
-            p.name = f"layers.{index}.{key}"
+            p.name = state_name(index, key)
             if p.value is None:
                 p.value = backend.asarray(self.initial_value(key, p.shape, rng), dtype)
             else:                               # kept (transfer learning): moved to this backend
