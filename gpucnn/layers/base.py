@@ -164,15 +164,19 @@ class Layer:
         new = copy.copy(self)
         memo[id(self)] = new
         new._owner = None
-        new.params = {}
-        for key, p in self.params.items():
-            q = Parameter(key, p.shape)
-            q.value = None if p.value is None else _host(p.value).copy()
-            new.params[key] = q
-        new.buffers = {k: _host(v).copy() for k, v in self.buffers.items()}
+        new.params, new.buffers = self._host_state()
         for attr in self._caches:
             new.__dict__.pop(attr, None)
         return new
+
+    def _host_state(self):
+        """(params, buffers) as a free layer holds them: fresh Parameters and buffers with host copies
+        of the values (what deepcopy and pickling give)."""
+        params = {}
+        for key, p in self.params.items():
+            params[key] = Parameter(key, p.shape)
+            params[key].value = None if p.value is None else _host(p.value).copy()
+        return params, {k: _host(v).copy() for k, v in self.buffers.items()}
 
     _caches = ("a_prev", "z", "a", "argmax", "in_hw", "in_shape")   # forward caches, never copied
 
@@ -181,12 +185,7 @@ class Layer:
         as host arrays, no network, no backend, no forward caches (a Network pickles whole instead)."""
         state = {k: v for k, v in self.__dict__.items()
                  if k not in self._caches and k not in ("backend", "xp", "_owner")}
-        state["params"] = {}
-        for key, p in self.params.items():
-            q = Parameter(key, p.shape)
-            q.value = None if p.value is None else _host(p.value).copy()
-            state["params"][key] = q
-        state["buffers"] = {k: _host(v).copy() for k, v in self.buffers.items()}
+        state["params"], state["buffers"] = self._host_state()
         return state
 
     def __setstate__(self, state):
