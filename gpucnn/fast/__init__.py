@@ -24,7 +24,11 @@ What the plan guarantees (tests/test_fast.py):
   * parameters are read from the layers' Parameter objects on every step and the gradients left in
     their ``grad``, so ``optimizer.step(net.parameters())`` and ``layer.W = ...`` between steps work;
   * outputs, cost, gradients and dC/dx equal the layer-by-layer path's to float32 rounding, pooling
-    ties resolved by the same code (the first maximum in row-major window order gets the whole delta);
+    ties resolved by the same code (the first maximum in row-major window order gets the whole delta).
+    An activation before a max-pool is applied after it (they commute: the activations never
+    decrease), so the argmax is taken of z: a tie that only the activation's float32 rounding makes
+    (two z a rounding apart) may go to another position of the window; a tie at ReLU's 0 or a
+    saturated sigmoid carries sigma' = 0, so only mid-range near-ties can show;
   * a step is bitwise reproducible: chunks and the two-thread split depend on the batch size only,
     and partial gradients are summed in a fixed order; forward + backward gives a step's bits;
   * the layers' own forward caches are NOT filled: a training step sets ``net.out = None``.

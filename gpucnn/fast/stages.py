@@ -13,7 +13,7 @@ Where each piece of math comes from (one definition each):
     average pooling                ops/reference.py avgpool2d_forward / _backward (on channel-last views)
     loss gradient                  the network's loss object, ``gradient(xp, out, y1, n=)`` (common.py)
 
-Fusions the plan makes between neighbours (``build`` in __init__.py):
+Fusions the plan makes between neighbours (StagePlan._fuse in plan.py):
     * an activation's prescale (Sigmoid: 0.5 z) folded into the conv or dense weights before it
       (a power of 2: exact), so the activation runs sigma_scaled in place;
     * conv -> activation -> max-pool: the conv computes only the rows and columns the pool reads;
@@ -128,12 +128,6 @@ class ConvStage(Stage):
         Wm = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(-1, f)
         p[self.key("Wm")] = Wm * self.prescale if self.prescale != 1.0 else Wm
         p[self.key("b")] = b * self.prescale if self.prescale != 1.0 else b
-        if self.row_bands:
-            B = np.zeros(self._band_shape(), np.float32)
-            B.flat[self._band_flat] = W.reshape(-1).take(self._band_w)
-            p[self.key("B")] = B
-        else:
-            p[self.key("W_taps")] = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
 
     def _rows(self, view, m):
         """(m, oh, ow, ...) -> the same array with C's row order: (m, oh, ow, ...) or, blocked,
@@ -196,8 +190,23 @@ class ConvStage(Stage):
             np.copyto(self._rows(natural, m), d2.reshape(self._rows(natural, m).shape))
             d2 = natural.reshape(-1, self.f)
         if self.row_bands:
-            return self._rows_back(chunk, d2, p[self.key("B")], m)
-        return self._col2im(chunk, d2, p[self.key("W_taps")], m)
+            return self._rows_back(chunk, d2, self._dx_weights(p, "B"), m)
+        return self._col2im(chunk, d2, self._dx_weights(p, "W_taps"), m)
+
+    def _dx_weights(self, p, name):
+        """W in the layout dC/dx needs, made on the step's first ask (a first layer in training never
+        asks); two threads asking at once make the same array and keep one."""
+        key = self.key(name)
+        if key not in p:
+            W = self.layer.W
+            f, c = W.shape[:2]
+            if name == "B":
+                made = np.zeros(self._band_shape(), np.float32)
+                made.flat[self._band_flat] = W.reshape(-1).take(self._band_w)
+            else:
+                made = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
+            p.setdefault(key, made)
+        return p[key]
 
     # dC/d(input) for a thin input (few channels): per kernel row i, ONE matmul of the delta's rows
     # (m*oh, ow*f) with a banded B_i (ow*f, wp*c), B_i[(x, f), (x + j, c)] = W[f, c, i, j], gives that
