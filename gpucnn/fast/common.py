@@ -167,6 +167,7 @@ class Plan:
         self.scratch = threading.local()
         self.saved = None               # the kept forward: (out, chunks, kept arrays)
         self.choice = ThreadChoice()
+        self._stores = {}               # per-chunk arrays that outlive a chunk (_kept_store)
 
     def scratch_buffer(self, key, shape, dtype=np.float32):
         """A contiguous float32 scratch array, kept per thread and per key and reused step to step
@@ -263,8 +264,7 @@ class Plan:
     def _kept_store(self, name="kept"):
         """Per-chunk arrays that outlive a chunk, by use: "kept" (a kept forward for its backward, or a
         phased step), "unkept" (a phased forward nobody will take a backward of)."""
-        stores = self.__dict__.setdefault("_stores", {})
-        return stores.setdefault(name, {})
+        return self._stores.setdefault(name, {})
 
     def _loss_gradient(self, out_rows, y1_rows, n):
         # The backward runs before the cost is known to be finite (it is skipped afterwards if not):

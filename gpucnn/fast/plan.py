@@ -115,6 +115,8 @@ class StagePlan(Plan):
             stage.params(p)
             if n is not None:
                 stage.draw(p, n)
+        # the stages that need the whole batch this step (their modes are read here, once)
+        p["cuts"] = [k for k, stage in enumerate(self.stages) if stage.whole_batch(p)]
         return p
 
     def _forward_chunk(self, chunk, x, p):
@@ -148,16 +150,13 @@ class StagePlan(Plan):
         return da
 
     # -- in phases, when a stage needs the whole batch (BatchNorm2D in train mode) ------------------
-    def _cuts(self, p):
-        return [k for k, stage in enumerate(self.stages) if stage.whole_batch(p)]
-
     def _whole_batch(self, params):
-        return bool(self._cuts(params))
+        return bool(params["cuts"])
 
     def _forward_all(self, chunks, x, p, out, kind):
         """Segment by segment: every chunk up to a whole-batch stage (its input kept per chunk), that
         stage's batch reduction in chunk order, then every chunk on from it."""
-        cuts = self._cuts(p)
+        cuts = p["cuts"]
         if not cuts:
             return super()._forward_all(chunks, x, p, out, kind)
         n, last = out.shape[0], len(self.stages)
@@ -177,7 +176,7 @@ class StagePlan(Plan):
     def _backward_all(self, chunks, out, y1, p, need_dx, parts, dx):
         """The forward's segments in reverse: every chunk down to a whole-batch stage's output (its
         delta kept per chunk), that stage's batch sums in chunk order, then every chunk on down."""
-        cuts = self._cuts(p)
+        cuts = p["cuts"]
         if not cuts:
             return super()._backward_all(chunks, out, y1, p, need_dx, parts, dx)
         n = out.shape[0]

@@ -190,21 +190,20 @@ class ConvStage(Stage):
             np.copyto(self._rows(natural, m), d2.reshape(self._rows(natural, m).shape))
             d2 = natural.reshape(-1, self.f)
         if self.row_bands:
-            return self._rows_back(chunk, d2, self._dx_weights(p, "B"), m)
-        return self._col2im(chunk, d2, self._dx_weights(p, "W_taps"), m)
+            return self._rows_back(chunk, d2, self._dx_weights(p), m)
+        return self._col2im(chunk, d2, self._dx_weights(p), m)
 
-    def _dx_weights(self, p, name):
-        """W in the layout dC/dx needs, made on the step's first ask (a first layer in training never
-        asks); two threads asking at once make the same array and keep one."""
-        key = self.key(name)
+    def _dx_weights(self, p):
+        """W in the layout dC/dx needs (row bands B, or per tap), made on the step's first ask (a first
+        layer in training never asks); two threads asking at once make the same array, keep one."""
+        key = self.key("W_dx")
         if key not in p:
             W = self.layer.W
-            f, c = W.shape[:2]
-            if name == "B":
+            if self.row_bands:
                 made = np.zeros(self._band_shape(), np.float32)
                 made.flat[self._band_flat] = W.reshape(-1).take(self._band_w)
             else:
-                made = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(-1, f, c)
+                made = np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(self.kh * self.kw, *W.shape[:2])
             p.setdefault(key, made)
         return p[key]
 
