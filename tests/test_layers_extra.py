@@ -14,6 +14,7 @@ from tests.conftest import TOL
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from tests.torch_twin import copy_params, train_side_by_side    # noqa: E402  (needs torch)
 
 # (n, c, h, w, size, stride): windows that tile, overlap, leave gaps, and cover the whole map
 AVGPOOL_CASES = {"seed": (4, 3, 24, 24, 2, 2), "overlap": (2, 1, 9, 7, 3, 2), "gaps": (1, 2, 8, 9, 2, 3),
@@ -165,18 +166,9 @@ def test_eval_outputs_after_training_steps_match_pytorch(digits):
     tnet = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Identity(),
                                torch.nn.Linear(576, 10))
-    with torch.no_grad():
-        for t, v in zip(tnet.parameters(), net.get_params().values()):
-            t.copy_(torch.tensor(v))
-    opt = torch.optim.SGD(tnet.parameters(), lr=0.1)
-    ours = gpucnn.optim.SGD(0.1)
+    copy_params(tnet, net)
     net.layers[5].p = 0.0                   # no dropout in the steps (PyTorch's net has none); eval: identity
-    for step in range(5):
-        xb, yb = x[step * 8:(step + 1) * 8], y[step * 8:(step + 1) * 8]
-        net.train_step(net.backend.asarray(xb), net.targets(yb, 8), ours)
-        opt.zero_grad()
-        F.cross_entropy(tnet(torch.tensor(xb)), torch.tensor(yb)).backward()
-        opt.step()
+    train_side_by_side(net, tnet, gpucnn.optim.SGD(0.1), torch.optim.SGD(tnet.parameters(), lr=0.1), x, y, 5)
     tnet.eval()
     with torch.no_grad():
         theirs = torch.softmax(tnet(torch.tensor(digits[0][100:150])), 1).numpy()

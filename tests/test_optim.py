@@ -9,7 +9,7 @@ from gpucnn.layers import Parameter
 from gpucnn.optim import SGD, Adam, get_optimizer
 
 torch = pytest.importorskip("torch")
-F = torch.nn.functional
+from tests.torch_twin import copy_params, train_side_by_side    # noqa: E402  (needs torch)
 
 
 def _rel(a, b):
@@ -46,18 +46,10 @@ def test_ten_adam_steps_of_a_batchnorm_network_match_torch(digits):
     net = _bn_net()
     tnet = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(576, 10))
-    with torch.no_grad():
-        for t, v in zip(tnet.parameters(), net.get_params().values()):
-            t.copy_(torch.tensor(v))
+    copy_params(tnet, net)
     start = net.get_params()
-    opt = torch.optim.Adam(tnet.parameters(), lr=1e-3, weight_decay=1e-4)
-    ours = Adam(1e-3, weight_decay=1e-4)
-    for step in range(10):
-        xb, yb = x[step * 8:(step + 1) * 8], y[step * 8:(step + 1) * 8]
-        net.train_step(net.backend.asarray(xb), net.targets(yb, 8), ours)
-        opt.zero_grad()
-        F.cross_entropy(tnet(torch.tensor(xb)), torch.tensor(yb)).backward()
-        opt.step()
+    train_side_by_side(net, tnet, Adam(1e-3, weight_decay=1e-4),
+                       torch.optim.Adam(tnet.parameters(), lr=1e-3, weight_decay=1e-4), x, y, 10)
     for (name, value), t in zip(net.get_params().items(), tnet.parameters()):
         if name == "layers.0.b":     # its gradient is 0 by the math (BatchNorm follows): Adam moves it by noise
             continue
