@@ -7,6 +7,7 @@ Pure bookkeeping, the same for MPI and NCCL (and tested without either):
     row_ranges(n, size)     the same rule over rows, for the layer-by-layer path
     PartLayout              a plan's gradient parts (dict of arrays per chunk) <-> one flat vector
     ordered_sum(vectors)    v[0] + v[1] + ... left to right, the order one process adds them in
+                            (fast.common's, the one definition)
 
 The exact scheme: every rank draws the same shuffle; the global batch is cut at the fused plan's chunk
 boundaries; each rank computes the parts of its chunks (each already divided by the GLOBAL batch
@@ -18,6 +19,8 @@ process, for any number of ranks.
 import math
 
 import numpy as np
+
+from ..fast.common import ordered_sum   # noqa: F401  (part of this module's interface, above)
 
 
 def chunk_owners(k, size):
@@ -79,9 +82,3 @@ def split_gathered(flat, counts):
     return out
 
 
-def ordered_sum(vectors):
-    """vectors[0] + vectors[1] + ... in list order (rank order): the same bits on every rank, every run."""
-    total = vectors[0]
-    for v in vectors[1:]:
-        total = total + v
-    return total

@@ -118,12 +118,12 @@ class BandedConvPoolStage(Stage):
         zt = chunk.keep(self.key("zt"), (self.N, sp))
         np.matmul(p[self.key("Tt")], R.T, out=zt)    # 2. zt = Tt @ R^T (+ b, R's column of ones)
         pt = chunk.keep(self.key("pt"), (self.q, sp))
-        argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
+        argmax = None               # inference, or a kept forward: the argmax waits for a backward
         if chunk.grad:                               # 3. the pool, of z
+            argmax = chunk.keep(self.key("argmax"), (self.q, sp), np.int8)
             lowering.first_max(self._taps(zt), pt, argmax, signed_zeros=False)
-        else:                       # inference, or a kept forward: the argmax waits for a backward
+        else:
             lowering.window_max(self._taps(zt), pt)
-            argmax = None
         self.act.sigma_scaled(np, pt, out=pt)        # then a = sigma(max z) = max sigma(z), in place
         pt5 = pt.reshape(self.f, self.pv, m, self.poh, self.nb)
         chunk.cache[self.index] = (R, zt, pt, argmax, m)

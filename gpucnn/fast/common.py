@@ -74,6 +74,16 @@ def worker():
         return _executor[0]
 
 
+def ordered_sum(items):
+    """items[0] + items[1] + ... left to right, in the order given (chunk order, rank order): the same
+    bits every run, on every rank. The one definition: the plans' parts, the batch norm's statistics and
+    the distributed exchange all add this way."""
+    total = None
+    for item in items:
+        total = item if total is None else total + item
+    return total
+
+
 class ThreadChoice:
     """One thread or two, per kind of call and batch size, from the measured time of this plan's calls.
 
@@ -116,7 +126,7 @@ class ThreadChoice:
 
 
 class Chunk:
-    """Rows s:e of a batch of n, and where this chunk's arrays live.
+    """Rows s:e of a batch, and where this chunk's arrays live.
 
     ``buf(key, shape)`` is scratch (per thread, reused chunk to chunk and step to step);
     ``keep(key, shape)`` is an array that must outlive the chunk when the forward is kept for a
@@ -124,10 +134,10 @@ class Chunk:
     pass (a training step); else a stage leaves what only a backward needs (the pooling argmax) to
     its backward, which a kept forward may or may not get.
     """
-    __slots__ = ("plan", "index", "s", "e", "m", "n", "kept", "cache", "grad")
+    __slots__ = ("plan", "index", "s", "e", "m", "kept", "cache", "grad")
 
-    def __init__(self, plan, index, s, e, n, kept, grad=True):
-        self.plan, self.index, self.s, self.e, self.m, self.n = plan, index, s, e, e - s, n
+    def __init__(self, plan, index, s, e, kept, grad=True):
+        self.plan, self.index, self.s, self.e, self.m = plan, index, s, e, e - s
         self.kept, self.grad = kept, grad
         self.cache = {}
 
@@ -153,7 +163,10 @@ class Plan:
 
     A subclass gives ``_params(n)`` (this step's parameters in its layouts and its draws for n rows),
     ``_forward_chunk(chunk, x, params)`` (-> the chunk's output rows), ``_backward_chunk(chunk, g, params,
-    need_dx)`` (g = dC/d out for its rows -> (gradient parts, dC/dx rows or None)) and ``_store_grads(parts)``.
+    need_dx)`` (g = dC/d out for its rows -> (gradient parts, dC/dx rows or None)), ``_store_grads(parts)``,
+    and, for a forward kept for a later backward, ``_forward_all(chunks, x, params, out, kind)`` and
+    ``_backward_all(chunks, out, y1, params, need_dx, parts, dx)`` over every chunk, with
+    ``_whole_batch(params)``: whether this step must run them so (a layer's batch statistics).
     """
     chunk = 32
     thread_min = None   # from this batch size on, two threads (None: THREAD_MIN)
@@ -217,7 +230,7 @@ class Plan:
         if keep or self._whole_batch(params):
             kept = self._kept_store("kept" if keep else "unkept")
         # grad=False: what only a backward needs (the pooling argmax) waits for backward()
-        chunks = [Chunk(self, i, s, e, n, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
+        chunks = [Chunk(self, i, s, e, kept, False) for i, (s, e) in enumerate(self.chunks(n))]
         self._forward_all(chunks, x, params, out, "forward")
         if keep:                                     # an unkept forward (predict) leaves it alone
             self.saved = (out, chunks, params)
@@ -238,28 +251,6 @@ class Plan:
         self._backward_all(chunks, out, y1, params, need_dx, parts, dx)
         self.store_grads(self.combine(parts))
         return dx
-
-    # -- every chunk's forward, every chunk's backward (a subclass may run them in phases) -----------
-    def _whole_batch(self, params):
-        """Whether a layer needs the whole batch between chunks this step (batch statistics): then
-        _forward_all and _backward_all run in phases over kept per-chunk arrays."""
-        return False
-
-    def _forward_all(self, chunks, x, params, out, kind):
-        def one(chunk):
-            out[chunk.s:chunk.e] = self._forward_chunk(chunk, x, params)
-        self._run(one, chunks, out.shape[0], kind)
-
-    def _backward_all(self, chunks, out, y1, params, need_dx, parts, dx):
-        """parts[chunk.index] (and dx's rows when need_dx) for every chunk, from the kept forward."""
-        n = out.shape[0]
-
-        def one(chunk):
-            g = self._loss_gradient(out[chunk.s:chunk.e], y1[chunk.s:chunk.e], n)
-            parts[chunk.index], dx_rows = self._backward_chunk(chunk, g, params, need_dx)
-            if need_dx:
-                dx[chunk.s:chunk.e] = dx_rows
-        self._run(one, chunks, n, "backward")
 
     def _kept_store(self, name="kept"):
         """Per-chunk arrays that outlive a chunk, by use: "kept" (a kept forward for its backward, or a
@@ -297,11 +288,11 @@ class Plan:
                 raise ValueError("this network's batch statistics (BatchNorm2D in train mode) need every "
                                  "chunk of the batch in one process")
             self.saved = None                        # the kept store is this step's now
-            chunks = [Chunk(self, i, s, e, n, self._kept_store()) for i, (s, e) in enumerate(bounds)]
+            chunks = [Chunk(self, i, s, e, self._kept_store()) for i, (s, e) in enumerate(bounds)]
             self._forward_all(chunks, x, params, out, "step")
             self._backward_all(chunks, out, y1, params, False, parts, None)
             return parts
-        chunks = [Chunk(self, i, *bounds[c], n, None) for i, c in enumerate(chunk_ids)]
+        chunks = [Chunk(self, i, *bounds[c], None) for i, c in enumerate(chunk_ids)]
 
         def one(chunk):
             s, e = chunk.s, chunk.e
@@ -313,11 +304,7 @@ class Plan:
 
     def combine(self, parts_list):
         """The ordered sum of per-chunk parts (list order = chunk order): bitwise reproducible."""
-        total = dict(parts_list[0])
-        for part in parts_list[1:]:
-            for key in total:
-                total[key] = total[key] + part[key]
-        return total
+        return {key: ordered_sum(part[key] for part in parts_list) for key in parts_list[0]}
 
     def store_grads(self, combined):
         """Write the combined parts into the layers' Parameter.grad (their own shapes and layout)."""

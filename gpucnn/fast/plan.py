@@ -60,7 +60,7 @@ class StagePlan(Plan):
                 stage.in_place = before is not None and before.owns_output
                 if stage.cls.prescale != 1.0 and isinstance(before, (ConvStage, DenseStage)):
                     before.prescale, stage.scaled = stage.cls.prescale, True
-                if isinstance(after, MaxPoolStage) and stage.from_output:
+                if isinstance(after, MaxPoolStage):
                     after.act, after.act_scaled, stage.pooled = stage.cls, stage.scaled, True
             if isinstance(stage, FlattenStage) and stage.perm is not None:
                 dense = next((s for s in stages[k + 1:] if not isinstance(s, (ActivationStage, PassStage))),
@@ -149,16 +149,15 @@ class StagePlan(Plan):
             da = da.transpose(0, 3, 1, 2)
         return da
 
-    # -- in phases, when a stage needs the whole batch (BatchNorm2D in train mode) ------------------
+    # -- every chunk, in phases when a stage needs the whole batch (BatchNorm2D in train mode) -------
     def _whole_batch(self, params):
         return bool(params["cuts"])
 
     def _forward_all(self, chunks, x, p, out, kind):
-        """Segment by segment: every chunk up to a whole-batch stage (its input kept per chunk), that
-        stage's batch reduction in chunk order, then every chunk on from it."""
+        """Every chunk's forward, segment by segment: every chunk up to a whole-batch stage (its input
+        kept per chunk), that stage's batch reduction in chunk order, then every chunk on from it.
+        Without such a stage: one segment, the whole forward of each chunk."""
         cuts = p["cuts"]
-        if not cuts:
-            return super()._forward_all(chunks, x, p, out, kind)
         n, last = out.shape[0], len(self.stages)
         acts = [None] * len(chunks)
         for k, (lo, hi) in enumerate(zip([0] + cuts, cuts + [last])):
@@ -174,11 +173,10 @@ class StagePlan(Plan):
         return None
 
     def _backward_all(self, chunks, out, y1, p, need_dx, parts, dx):
-        """The forward's segments in reverse: every chunk down to a whole-batch stage's output (its
-        delta kept per chunk), that stage's batch sums in chunk order, then every chunk on down."""
+        """Every chunk's backward (parts[chunk.index], dx's rows when need_dx), the forward's segments in
+        reverse: every chunk down to a whole-batch stage's output (its delta kept per chunk), that
+        stage's batch sums in chunk order, then every chunk on down."""
         cuts = p["cuts"]
-        if not cuts:
-            return super()._backward_all(chunks, out, y1, p, need_dx, parts, dx)
         n = out.shape[0]
         deltas = [None] * len(chunks)
         for chunk in chunks:

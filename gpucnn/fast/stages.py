@@ -29,9 +29,11 @@ import numpy as np
 from .. import layers as L
 from ..layers.dense import dense_backward, dense_forward
 from ..ops import lowering, reference
+from .common import ordered_sum
 
-# Activations whose sigma'(z) is a function of the output a alone (ReLU: [z > 0] = [a > 0]), so a
-# stage may pass a for z and needs no copy of z.
+# Activations whose sigma'(z) is a function of the output a alone (ReLU: [z > 0] = [a > 0]) and that
+# never decrease: the only ones with a stage (STAGES), so a stage passes a for z and keeps no copy of
+# z, and a max-pool may take z and apply sigma after it.
 PRIME_FROM_OUTPUT = ("Sigmoid", "Tanh", "ReLU")
 
 
@@ -260,15 +262,14 @@ class ConvStage(Stage):
 
 class ActivationStage(Stage):
     """a = sigma(z) in place (the layer class's sigma, or sigma_scaled when the prescale is folded
-    into the layer before); backward da * prime(a, z). ``pooled``: the max-pool after it pools z and
-    applies sigma to the pooled values, sigma' at its argmax (the activations with a prime from the
-    output never decrease: sigma(max z) = max sigma(z)); this stage then passes z and da through."""
+    into the layer before); backward da * prime(a, a) (PRIME_FROM_OUTPUT). ``pooled``: the max-pool
+    after it pools z and applies sigma to the pooled values, sigma' at its argmax (sigma never
+    decreases: sigma(max z) = max sigma(z)); this stage then passes z and da through."""
     owns_output = False                   # its backward reads its output
 
     def __init__(self, layer, index, in_shape):
         super().__init__(layer, index, in_shape)
         self.cls = type(layer)
-        self.from_output = self.cls.__name__ in PRIME_FROM_OUTPUT
         self.scaled = False               # the prescale is folded into the stage before
         self.in_place = False             # the input is the plan's own array (set by the plan)
         self.pooled = False
@@ -276,20 +277,19 @@ class ActivationStage(Stage):
     def forward(self, chunk, a, p):
         if self.pooled:
             return a
-        z = None if self.from_output else np.copy(a)
         out = a if self.in_place else chunk.keep(self.key("a"), a.shape)
         if self.scaled:
             self.cls.sigma_scaled(np, a, out=out)
         else:
             self.cls.sigma(np, a, out=out)
-        chunk.cache[self.index] = (out, z)
+        chunk.cache[self.index] = out
         return out
 
     def backward(self, chunk, da, p, parts, need_da):
         if self.pooled:
             return da
-        a, z = chunk.cache[self.index]
-        return da * self.cls.prime(a, a if z is None else z)
+        a = chunk.cache[self.index]
+        return da * self.cls.prime(a, a)
 
 
 class PoolStage(Stage):
@@ -315,6 +315,7 @@ class MaxPoolStage(PoolStage):
         self.act = None                   # the activation before it, applied here (ActivationStage.pooled)
         self.act_scaled = False           # ... as sigma_scaled (its prescale folded into the conv)
         self.blocked = False              # the input comes tap-major, (s*s, m*poh*pow, c) (ConvStage.crop)
+        self.argmax_dtype = np.int8 if self.size * self.size < 128 else np.int32
         self.floats = 2 * h * w * c
 
     def reads(self):
@@ -331,13 +332,13 @@ class MaxPoolStage(PoolStage):
         m = a.shape[0] if not self.blocked else a.shape[1] // (self.out_shape[0] * self.out_shape[1])
         shape = (m, *self.out_shape)
         pooled = chunk.keep(self.key("a"), shape)
-        argmax = chunk.keep(self.key("argmax"), shape, np.int8 if self.size * self.size < 128 else np.int32)
         taps = self._taps(a)
-        if not chunk.grad:          # inference, or a kept forward: the argmax waits for a backward
-            lowering.window_max(taps, pooled.reshape(taps[0].shape))
-            argmax = None
-        else:
+        argmax = None               # inference, or a kept forward: the argmax waits for a backward
+        if chunk.grad:
+            argmax = chunk.keep(self.key("argmax"), shape, self.argmax_dtype)
             self._first_max(taps, pooled, argmax)
+        else:
+            lowering.window_max(taps, pooled.reshape(taps[0].shape))
         if self.act is not None:          # sigma of the pooled z
             (self.act.sigma_scaled if self.act_scaled else self.act.sigma)(np, pooled, out=pooled)
         chunk.cache[self.index] = (pooled, argmax, a)
@@ -354,8 +355,7 @@ class MaxPoolStage(PoolStage):
     def backward(self, chunk, da, p, parts, need_da):
         pooled, argmax, a = chunk.cache[self.index]
         if argmax is None:                # after a kept forward: the same first_max, now
-            argmax = chunk.buf(self.key("argmax"), pooled.shape, np.int8 if self.size * self.size < 128
-                               else np.int32)
+            argmax = chunk.buf(self.key("argmax"), pooled.shape, self.argmax_dtype)
             self._first_max(self._taps(a), chunk.buf(self.key("a"), pooled.shape), argmax)
         if self.act is not None:          # sigma' at the argmax: a function of the output there
             da = da * self.act.prime(pooled, pooled)
@@ -555,18 +555,14 @@ class BatchNormStage(Stage):
         h, w, c = self.in_shape
         n = sum(chunk.m for chunk in chunks)   # (not a.shape[0]: a tap-major conv output is (s*s, ., c))
         m = n * h * w
-        if m < 2:                             # the layer's own check and words
-            raise ValueError(f"{layer!r} in train mode needs more than 1 value per channel, got input "
-                             f"{(n, c, h, w)}; use eval mode or a larger batch")
+        layer.check_batch((n, c, h, w))
         # float64 sums, as the layer's means (each chunk's, then in chunk order), then float32
-        mu = (_ordered_sum(self._channel_sums(self._rows(a), np.float64) for a in acts) / m).astype(np.float32)
+        mu = (ordered_sum(self._channel_sums(self._rows(a), np.float64) for a in acts) / m).astype(np.float32)
         mu_row = np.tile(mu, w)
-        var = (_ordered_sum(self._channel_sums(np.square(self._rows(a) - mu_row), np.float64) for a in acts)
+        var = (ordered_sum(self._channel_sums(np.square(self._rows(a) - mu_row), np.float64) for a in acts)
                / m).astype(np.float32)
         if p["n"] is not None:                # a step, not a probe of shapes (Plan.params())
-            keep, running = 1.0 - layer.momentum, layer.buffers
-            running["running_mean"] = keep * running["running_mean"] + layer.momentum * mu
-            running["running_var"] = keep * running["running_var"] + (layer.momentum * m / (m - 1)) * var
+            layer.update_running(mu, var, m)
         inv_std = 1.0 / np.sqrt(var + layer.eps)
         self._tiled(p, mu=mu, inv_std=inv_std, scale=layer.gamma * inv_std)
         p[self.key("m")] = m
@@ -592,8 +588,8 @@ class BatchNormStage(Stage):
             chunk.cache[self.index, "sums"] = chunk_sums
         # in chunk order: the sums combine() makes of the parts, bit for bit
         m = p[self.key("m")]
-        self._tiled(p, dbeta_m=_ordered_sum(db for db, _ in sums) / m,
-                    dgamma_m=_ordered_sum(dg for _, dg in sums) / m)
+        self._tiled(p, dbeta_m=ordered_sum(db for db, _ in sums) / m,
+                    dgamma_m=ordered_sum(dg for _, dg in sums) / m)
 
     def backward(self, chunk, da, p, parts, need_da):
         xhat, rows = chunk.cache[self.index], self._rows(da)
@@ -614,18 +610,13 @@ class BatchNormStage(Stage):
         self.layer.params["beta"].grad = total[self.key("beta")]
 
 
-def _ordered_sum(arrays):
-    """a0 + a1 + ... left to right (chunk order), as Plan.combine sums parts."""
-    total = None
-    for a in arrays:
-        total = a if total is None else total + a
-    return total
-
-
 # layer class name -> stage class (library layers only; see plan_for). Adding a layer type = one entry.
 STAGES = {"Conv2D": ConvStage, "MaxPool2D": MaxPoolStage, "AvgPool2D": AvgPoolStage,
           "Flatten": FlattenStage, "Dense": DenseStage, "Dropout": DropoutStage, "BatchNorm2D": BatchNormStage,
           "Sigmoid": ActivationStage, "ReLU": ActivationStage, "Tanh": ActivationStage}
+
+assert all(name in PRIME_FROM_OUTPUT for name, cls in STAGES.items() if cls is ActivationStage), \
+    "an activation stage assumes sigma' from the output (PRIME_FROM_OUTPUT)"
 
 # Library layers with no stage, and why (GPUCNN_FAST=strict accepts these and only these).
 NO_STAGE = {}

@@ -74,18 +74,12 @@ class BatchNorm2D(Layer):
         n, c, h, w = a_prev.shape
         axes, col = (0, 2, 3), (1, c, 1, 1)
         if self.training:
-            m = n * h * w
-            if m < 2:
-                raise ValueError(f"{self!r} in train mode needs more than 1 value per channel, got input "
-                                 f"{tuple(a_prev.shape)}; use eval mode or a larger batch")
+            self.check_batch(tuple(a_prev.shape))
             # the means accumulate in float64 (a float32 sum over n*h*w values drifts by ~1e-4)
             mu = a_prev.mean(axis=axes, dtype=np.float64).astype(a_prev.dtype)
             centred = a_prev - mu.reshape(col)
             var = (centred * centred).mean(axis=axes, dtype=np.float64).astype(a_prev.dtype)
-            keep = 1.0 - self.momentum
-            running = self.buffers
-            running["running_mean"] = keep * running["running_mean"] + self.momentum * mu
-            running["running_var"] = keep * running["running_var"] + (self.momentum * m / (m - 1)) * var
+            self.update_running(mu, var, n * h * w)
         else:
             mu, var = self.buffers["running_mean"], self.buffers["running_var"]
             centred = a_prev - mu.reshape(col)
@@ -93,6 +87,20 @@ class BatchNorm2D(Layer):
         self.xhat = centred * self.inv_std.reshape(col)
         self.batch_stats = self.training
         return self.xhat * self.gamma.reshape(col) + self.beta.reshape(col)
+
+    def check_batch(self, shape):
+        """Train mode needs more than one value per channel in an input of ``shape`` (n, c, h, w)."""
+        n, _, h, w = shape
+        if n * h * w < 2:
+            raise ValueError(f"{self!r} in train mode needs more than 1 value per channel, got input "
+                             f"{tuple(shape)}; use eval mode or a larger batch")
+
+    def update_running(self, mu, var, m):
+        """Move the running statistics towards a batch's mu and (biased) var over m values per channel,
+        with the unbiased variance (PyTorch's rule)."""
+        keep, running = 1.0 - self.momentum, self.buffers
+        running["running_mean"] = keep * running["running_mean"] + self.momentum * mu
+        running["running_var"] = keep * running["running_var"] + (self.momentum * m / (m - 1)) * var
 
     def backward(self, da, need_da_prev=True):
         c = da.shape[1]
