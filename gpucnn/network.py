@@ -224,10 +224,11 @@ class Network:
         serialization.assign_arrays(self, arrays, "params")
 
     def load_arrays(self, arrays):
-        """Assign already checked arrays (``serialization.checked_arrays``) by name."""
+        """Assign already checked arrays (``serialization.checked_arrays``: names, shapes, float,
+        finite) by name, as copies on the backend (not checked again)."""
         for i, layer in enumerate(self.layers):
             for key, p in layer.params.items():
-                p.assign(arrays[p.name], self.backend, self.dtype, repr(layer))
+                p.value = self.backend.asarray(arrays[p.name], self.dtype).copy()
             for key in layer.buffers:
                 layer.buffers[key] = self.backend.asarray(arrays[L.state_name(i, key)], self.dtype).copy()
 

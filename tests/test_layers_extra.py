@@ -425,3 +425,26 @@ def test_divergence_brings_back_the_running_statistics_with_the_parameters(digit
     assert len(seen) == 4
     for name, value in net.get_arrays().items():
         assert value.tobytes() == seen[2][name].tobytes(), name
+
+
+def test_divergence_on_the_device_epoch_brings_back_the_running_statistics_too(digits):
+    """The same guard in the sync-free device epoch (GenericEpoch, emulated backend): its masked
+    copies restore the buffers with the parameters, of the moment the host loop restores."""
+    try:
+        net = _modern(np.float32, backend="emulated")
+    except gpucnn.errors.BackendUnavailable as exc:      # the emulated backend needs a compiler
+        pytest.skip(f"emulated backend unavailable: {exc}")
+    seen, real_forward = [], net._forward
+
+    def forward(a):
+        if net.training:                                  # the steps (evaluation runs in eval mode)
+            seen.append(net.get_arrays())
+            if len(seen) == 4:
+                a = a * np.float32(np.inf)                # 0 * inf: NaN statistics
+        return real_forward(a)
+    net._forward = forward
+    with pytest.raises(gpucnn.Divergence), np.errstate(all="ignore"):
+        net.fit(digits[0][:80], digits[1][:80], batch_size=10, optimizer="adam", verbose=False)
+    assert len(seen) == 8            # the device epoch ran on to the epoch's end (its one read)
+    for name, value in net.get_arrays().items():
+        assert value.tobytes() == seen[2][name].tobytes(), name

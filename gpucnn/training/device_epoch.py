@@ -111,24 +111,32 @@ class FusedEpoch(_DeviceEpoch):
 class GenericEpoch(_DeviceEpoch):
     """Any network, layer by layer, without a host sync per step.
 
-    Guard, on the device: after each step, ``last_good`` takes the parameters the step started from
-    when its cost was finite; from the first non-finite cost on, ``frozen`` is set and every step
-    ends with the parameters put back to ``last_good`` -- the host loop's result, without its read.
+    Guard, on the device: after each step, ``last_good`` takes the parameters and buffers (batch
+    norm's running statistics) the step started from when its cost was finite; from the first
+    non-finite cost on, ``frozen`` is set and every step ends with them put back to ``last_good`` --
+    the host loop's result (HostEpoch), without its read.
     """
 
     def __init__(self, trainer, reason):
         self.t, self.accounted = trainer, 0
         self.mode = f"layer by layer on the device, no per-step sync (no fused step: {reason})"
         xp, steps = trainer.net.backend.xp, -(-trainer.n // trainer.batch_size)
-        self.before = [xp.empty_like(p.value) for p in trainer.params]
+        # the state a step may spoil: the parameter values and the buffers, (dict, key) each
+        self.buffer_keys = [(layer.buffers, key) for layer in trainer.net.layers for key in layer.buffers]
+        self.before = [xp.empty_like(a) for a in self._state()]
         self.costs = xp.zeros(steps, trainer.net.dtype)
         self.corrects = xp.zeros(steps, xp.int64)
         self.reload()
 
     def reload(self):
         xp = self.t.net.backend.xp
-        self.last_good = [p.value.copy() for p in self.t.params]
+        self.last_good = [a.copy() for a in self._state()]
         self.frozen = xp.zeros((), dtype=bool)
+
+    def _state(self):
+        """The arrays a step changes: parameter values (updated in place) and buffers (replaced by each
+        forward in train mode, so read afresh)."""
+        return [p.value for p in self.t.params] + [buffers[key] for buffers, key in self.buffer_keys]
 
     def start_epoch(self, order):
         self.order = self.t.net.backend.xp.asarray(order)
@@ -137,8 +145,8 @@ class GenericEpoch(_DeviceEpoch):
         t, net, xp = self.t, self.t.net, self.t.net.backend.xp
         idx = self.order[start:stop]
         xb, yb = t.xd[idx], t.yd[idx]
-        for saved, p in zip(self.before, t.params):
-            saved[...] = p.value
+        for saved, a in zip(self.before, self._state()):
+            saved[...] = a
         out = net._forward(xb)
         cost = net.loss.cost_array(xp, out, yb)          # 0-d, stays on the device
         net._backward(yb, need_dx=False)
@@ -148,8 +156,8 @@ class GenericEpoch(_DeviceEpoch):
         for last, saved in zip(self.last_good, self.before):
             xp.copyto(last, saved, where=finite_and_live)      # in place: no temporary per parameter
         self.frozen = self.frozen | bad
-        for p, last in zip(t.params, self.last_good):
-            xp.copyto(p.value, last, where=self.frozen)
+        for a, last in zip(self._state(), self.last_good):
+            xp.copyto(a, last, where=self.frozen)
         self.costs[step] = cost
         self.corrects[step] = (out.argmax(axis=1) == t.labels[idx]).sum()
 
