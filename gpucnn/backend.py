@@ -66,6 +66,16 @@ HEADERS_HINT = ('CuPy compiles its own kernels with NVRTC and the CUDA headers: 
                 '"{wheel}[ctk]", or install a CUDA toolkit and set CUDA_PATH')
 
 
+def requested_name(name=None):
+    """The backend name asked for, lowercase and checked: ``name``, else $GPUCNN_BACKEND, else 'auto'."""
+    source = "backend"
+    if name is None:
+        name, source = os.environ.get("GPUCNN_BACKEND", "auto") or "auto", "$GPUCNN_BACKEND"
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"unknown {source} {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+    return name.lower()
+
+
 def get_backend(name=None, refresh=False):
     """Resolve a backend name (or a Backend) to a Backend; raises BackendUnavailable with the reason.
 
@@ -75,12 +85,7 @@ def get_backend(name=None, refresh=False):
     """
     if isinstance(name, Backend):
         return name
-    source = "backend"
-    if name is None:
-        name, source = os.environ.get("GPUCNN_BACKEND", "auto") or "auto", "$GPUCNN_BACKEND"
-    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"unknown {source} {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
-    name = name.lower()
+    name = requested_name(name)
     if name == "numpy":
         return _numpy_backend
     if name == "auto":
@@ -186,11 +191,25 @@ def _emulated_backend():
     return _cache["emulated"]
 
 
+STEP_MODES = ("auto", "eager", "generic")
+
+
+def step_setting():
+    """GPUCNN_GPU_STEP, checked: auto (default), eager or generic (read by gpu_step and backend_info)."""
+    value = (os.environ.get("GPUCNN_GPU_STEP") or "auto").lower()
+    if value not in STEP_MODES:
+        raise ValueError(f"GPUCNN_GPU_STEP must be one of {', '.join(STEP_MODES)}, got {value!r}")
+    return value
+
+
 def _gpu_step_note(info):
     """Which GPU training step a network would get, as far as it is known without a network."""
     if not info.get("cupy_usable"):
         return "n/a: the cupy backend is not usable here"
-    mode = (os.environ.get("GPUCNN_GPU_STEP") or "auto").lower()
+    try:
+        mode = step_setting()
+    except ValueError as exc:
+        return f"none: {exc}"
     if mode == "generic":
         return "generic layer-by-layer step (GPUCNN_GPU_STEP=generic)"
     if mode == "eager":

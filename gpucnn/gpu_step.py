@@ -18,9 +18,10 @@ every step of every epoch; a per-step kernel argument would need a graph update 
 kernels, launched one by one), ``generic`` (no fused step: the layer-by-layer path).
 """
 import contextlib
-import os
 
 import numpy as np
+
+from .backend import step_setting
 
 
 SEED_STEP_FILE = "seed_step.cu"
@@ -29,16 +30,7 @@ STATE_SIZE = 4                          # = STATE_SIZE of seed_step.cu: step, nb
 MAX_SHARED = 48 * 1024
 ACTIVATION_CODES = {"none": 0, "Sigmoid": 1, "ReLU": 2, "Tanh": 3}
 LOSS_CODES = {"quadratic": 0, "cross_entropy": 1}
-STEP_MODES = ("auto", "eager", "generic")
 GRAPH_MODE = "fused step, graph replay"
-
-
-def step_setting():
-    """GPUCNN_GPU_STEP, checked: auto (default), eager or generic."""
-    value = (os.environ.get("GPUCNN_GPU_STEP") or "auto").lower()
-    if value not in STEP_MODES:
-        raise ValueError(f"GPUCNN_GPU_STEP must be one of {', '.join(STEP_MODES)}, got {value!r}")
-    return value
 
 
 def live_param(layer, name):

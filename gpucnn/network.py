@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from . import distributed, fast, gpu_step, layers as L, serialization, trace as tracing
-from .backend import auto_reason, get_backend, to_numpy
+from .backend import Backend, auto_reason, get_backend, requested_name, to_numpy
 from .errors import ModelFileError, NoCheckpointWarning, ShapeError
 from .callbacks import Callback
 from .losses import get_loss
@@ -45,7 +45,8 @@ class Network:
         _check_distinct(self.layers)
         self.loss = get_loss(loss)
         self.backend = get_backend(backend)
-        self.auto_backend = _asks_for_auto(backend)    # fit says why auto chose this backend
+        # fit says why auto chose this backend (get_backend has checked the name)
+        self.auto_backend = not isinstance(backend, Backend) and requested_name(backend) == "auto"
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -445,13 +446,6 @@ def _check_distinct(layers):
                 f"layers {seen[id(layer)]} and {i} are the same {layer!r} instance; every position needs "
                 f"its own layer object (e.g. write {type(layer).__name__}() twice)")
         seen[id(layer)] = i
-
-
-def _asks_for_auto(backend):
-    """True when ``backend`` (None: $GPUCNN_BACKEND, default 'auto') leaves the choice to ``auto``."""
-    if backend is None:
-        backend = os.environ.get("GPUCNN_BACKEND", "auto") or "auto"
-    return isinstance(backend, str) and backend.lower() == "auto"
 
 
 def _check_seed(seed):
