@@ -134,25 +134,19 @@ class _NoStep:
         pass
 
 
-def fast_plan(net):
-    """The network's fast plan: net._fast once Network carries the hook, else plan_for(net)."""
-    if hasattr(net, "_fast"):
-        return net._fast
-    from gpucnn.fast import plan_for
-    return plan_for(net)
+def _path(net):
+    """Which path a call runs now: the fused plan when Network._plan() gives one, else the reference."""
+    return "fast" if net._plan() is not None else "reference"
 
 
 def gpucnn_train_step(net):
     """(xb, y1, optimizer) -> (cost, out): what Network.train_step runs (the fast path if any)."""
-    plan = fast_plan(net)
-    if plan is None or hasattr(net, "_fast"):
-        return net.train_step, ("fast" if plan is not None else "reference")
-    return plan.train_step, "fast"
+    return net.train_step, _path(net)
 
 
 def gpucnn_infer(net, mode="infer"):
     """What a user calls: net.predict (labels) or net.forward (output, kept for a backward)."""
-    path = "fast" if getattr(net, "_plan", lambda: fast_plan(net))() is not None else "reference"
+    path = _path(net)
     return (net.predict if mode == "infer" else net.forward), path
 
 

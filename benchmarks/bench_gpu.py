@@ -165,15 +165,6 @@ def set_tf32(torch, on):
 
 
 # -- competitors: each is (validate() -> error, prepare(batches) -> run_block, clock kind) -----------------
-def describe_path(net):
-    """Which step fit runs on this network, in words (gpucnn.gpu_step.describe, else the network's own)."""
-    try:
-        from gpucnn import gpu_step
-        return gpu_step.describe(net)
-    except Exception:
-        return getattr(net, "execution_path", lambda: "")()
-
-
 class GpucnnMode:
     """gpucnn through Network.fit with GPUCNN_GPU_STEP=mode; one block = one epoch of `steps` batches."""
 
@@ -185,7 +176,7 @@ class GpucnnMode:
         os.environ["GPUCNN_GPU_STEP"] = self.mode
         try:
             net.fit(x, y, epochs=1, batch_size=batch, lr=lr, shuffle=shuffle, verbose=False)
-            self.path = "; ".join(filter(None, [describe_path(net), self.note]))
+            self.path = "; ".join(filter(None, [net.execution_path(), self.note]))
         finally:                                   # the process's setting is the caller's again
             if saved is None:
                 os.environ.pop("GPUCNN_GPU_STEP", None)
@@ -489,16 +480,10 @@ def run(args):
 
 def write_results(payload, out_dir=None):
     """<out_dir or benchmarks/results>/gpu-<date>-<card>.json and .md (the card, not the host, names them)."""
-    import json
-    folder = Path(out_dir) if out_dir else harness.RESULTS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     card = payload["machine"].get("card", "unknown")
     slug = "cpu-dry-run" if card.startswith("none") else "-".join(
         "".join(c if c.isalnum() else " " for c in card.lower()).split())[:40]
-    stem = folder / f"gpu-{payload['machine']['date'][:10]}-{slug}"
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    stem.with_suffix(".md").write_text(markdown(payload))
-    return stem.with_suffix(".json"), stem.with_suffix(".md")
+    return harness.write_results("gpu", payload, markdown(payload), out_dir, name=slug)
 
 
 def device_info(dry_run):

@@ -192,13 +192,15 @@ def run_child(script, args, timeout=300):
 
 
 # -- results -----------------------------------------------------------------------------------------
-def write_results(kind, payload, markdown, out_dir=None):
-    """benchmarks/results/<kind>-<date>-<host>.json and .md; returns the two paths."""
+def write_results(kind, payload, markdown, out_dir=None, name=None):
+    """benchmarks/results/<kind>-<date>-<name>.json and .md (name: the host, unless given); returns the
+    two paths."""
     out_dir = Path(out_dir) if out_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     date = payload["machine"]["date"][:10]
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in payload["machine"]["host"])[:40]
-    stem = out_dir / f"{kind}-{date}-{host}"
+    if name is None:
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in payload["machine"]["host"])[:40]
+    stem = out_dir / f"{kind}-{date}-{name}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
     stem.with_suffix(".md").write_text(markdown)
     return stem.with_suffix(".json"), stem.with_suffix(".md")

@@ -575,15 +575,9 @@ def _set_path(path):
     os.environ["GPUCNN_GPU_STEP"] = path
 
 
-def _gpu_step_known():
-    import importlib.util
-    return importlib.util.find_spec("gpucnn.gpu_step") is not None
-
-
 def worker_train(args):
     """The seed recipe (20 epochs, batch 10, lr 1.0) on the default GPU path; accuracy, wall time."""
     import gpucnn
-    x, y = _digits()
     epochs, held = 20, None
     try:
         x, y, xh, yh, desc = gpucnn.data.load_training_data(prefer_full=False)
@@ -603,8 +597,8 @@ def worker_train(args):
     data = {"epochs": epochs, "images": len(y), "held_out": len(yh), "data": desc, "seconds": seconds,
             "images_per_s": epochs * len(y) / seconds, "accuracy": held, "bar": bar,
             "history": _history(hist),
-            "summary": _summary(net), "execution": _path(net)}
-    detail = (f"{_path(net)}: {epochs} epochs x {len(y):,} digits in {seconds:.2f} s ({data['images_per_s']:,.0f} img/s); "
+            "summary": _summary(net), "execution": net.execution_path()}
+    detail = (f"{net.execution_path()}: {epochs} epochs x {len(y):,} digits in {seconds:.2f} s ({data['images_per_s']:,.0f} img/s); "
               f"accuracy {held:.4f} on {len(yh):,} {'official test' if official else 'held-out'} digits "
               f"(bar {bar})")
     if args.rehearse:
@@ -626,15 +620,6 @@ def _summary(net):
         return f"summary unavailable: {type(exc).__name__}"
 
 
-def _path(net):
-    """Which step fit runs on this network, in words (gpucnn.gpu_step.describe, else the network's)."""
-    try:
-        from gpucnn import gpu_step
-        return gpu_step.describe(net)
-    except Exception:
-        return getattr(net, "execution_path", lambda: "unknown")()
-
-
 def worker_repeat(args):
     """The same training twice per GPU path: the parameters must be bitwise identical."""
     import numpy as np
@@ -653,10 +638,10 @@ def worker_repeat(args):
             runs.append(net.get_params())
         same = all(np.asarray(runs[0][k]).tobytes() == np.asarray(runs[1][k]).tobytes() for k in runs[0])
         diff = max(float(np.abs(np.asarray(runs[0][k], np.float64) - runs[1][k]).max()) for k in runs[0])
-        data[path] = {"bitwise_identical": same, "max_abs_diff": diff, "execution": _path(net)}
+        data[path] = {"bitwise_identical": same, "max_abs_diff": diff, "execution": net.execution_path()}
         data[path]["params"] = runs[0]
         ok &= same
-        rows.append(f"{path} ({_path(net)}): {'identical' if same else f'DIFFER (max |diff| {diff:.2e})'}")
+        rows.append(f"{path} ({net.execution_path()}): {'identical' if same else f'DIFFER (max |diff| {diff:.2e})'}")
     base = data[paths[0]]["params"]
     for path in paths[1:]:                                # the paths agree to float32 rounding
         other = data[path]["params"]
@@ -665,7 +650,7 @@ def worker_repeat(args):
             for k in base)
     for path in paths:
         del data[path]["params"]
-    note = "" if _gpu_step_known() else "; gpucnn.gpu_step is absent: every path ran the generic step"
+    note = ""
     apart = [data[p][k] for p in paths[1:] for k in data[p] if k.startswith("max_rel_diff_vs_")]
     note += f"; paths differ by <= {max(apart):.1e} (relative; float32 rounding, not gated)" if apart else ""
     detail = f"1 epoch x {n:,} digits twice per path: " + "; ".join(rows) + note
@@ -695,7 +680,7 @@ def worker_one_step(args):
         net = gpucnn.seed_network(backend=_backend(args), seed=0)
         net.fit(x, y, epochs=1, batch_size=len(y), lr=1.0, verbose=False)
         _sync()
-        print(f"one step, GPUCNN_GPU_STEP={path}: done; {_path(net)}", flush=True)
+        print(f"one step, GPUCNN_GPU_STEP={path}: done; {net.execution_path()}", flush=True)
     backend = gpucnn.get_backend(_backend(args))
     ops, xp = backend.ops, backend.xp
     xd = xp.asarray(rng.standard_normal((3, 2, 13, 11)), dtype=xp.float32)
