@@ -81,40 +81,49 @@ def step_defines(sizes, batch_size):
         f"-DBATCH={int(batch_size)}", f"-DTHREADS={STEP_THREADS}")
 
 
+def _fusable(net):
+    """-> (GPUCNN_GPU_STEP, the seed family's sizes, None) when the network's step can be fused
+    (whatever the optimizer and batch), else (setting, None, why not)."""
+    backend = net.backend.name
+    if backend not in ("cupy", "emulated"):
+        return None, None, f"the {backend} backend has no CUDA kernels"
+    setting = step_setting()
+    if setting == "generic":
+        return setting, None, "GPUCNN_GPU_STEP=generic"
+    sizes, reason = seed_family(net)
+    return setting, sizes, reason
+
+
+def _mode(graphs, on_gpu):
+    """The fused step's mode, in words, before any capture."""
+    if not graphs:
+        return "fused step, eager (because GPUCNN_GPU_STEP=eager)"
+    if not on_gpu:
+        return "fused step, eager (because graph capture is CuPy-only: the emulator runs the same launches eagerly)"
+    return GRAPH_MODE                       # until a capture fails (GpuStep.bind says why)
+
+
 def describe(net):
     """Which training step ``fit`` would run on this network, in words, without compiling anything
     (for ``summary()``): "fused step, graph replay", "fused step, eager (because ...)", or why none."""
-    backend = net.backend.name
-    if backend not in ("cupy", "emulated"):
-        return f"no fused GPU step (the {backend} backend has no CUDA kernels)"
-    setting = step_setting()
-    if setting == "generic":
-        return "layer by layer on the device (GPUCNN_GPU_STEP=generic)"
-    sizes, reason = seed_family(net)
+    setting, sizes, reason = _fusable(net)
+    if setting is None:
+        return f"no fused GPU step ({reason})"
     if sizes is None:
         return f"layer by layer on the device ({reason})"
-    if setting == "eager":
-        return "fused step, eager (because GPUCNN_GPU_STEP=eager)"
-    if backend == "emulated":
-        return "fused step, eager (because graph capture is CuPy-only: the emulator runs the same launches eagerly)"
-    return "fused step, graph replay (eager if the capture fails; fit says which)"
+    mode = _mode(setting == "auto", net.backend.name == "cupy")
+    return mode + " (eager if the capture fails; fit says which)" if mode == GRAPH_MODE else mode
 
 
 def plan_gpu_step(net, batch_size, optimizer):
     """-> (GpuStep, its mode) when the step can be fused, else (None, why not)."""
-    backend = net.backend.name
-    if backend not in ("cupy", "emulated"):
-        return None, f"the {backend} backend has no CUDA kernels"
-    setting = step_setting()
-    if setting == "generic":
-        return None, "GPUCNN_GPU_STEP=generic"
+    setting, sizes, reason = _fusable(net)
+    if sizes is None:
+        return None, reason
     if type(optimizer).__name__ != "SGD":
         return None, f"the fused update is SGD's, not {type(optimizer).__name__}'s"
     if not 1 <= batch_size <= 65535:
         return None, f"batch size {batch_size} is outside 1..65535 (one block per sample)"
-    sizes, reason = seed_family(net)
-    if sizes is None:
-        return None, reason
     step = GpuStep(net, sizes, batch_size, optimizer, graphs=setting == "auto")
     return step, step.mode
 
@@ -136,13 +145,7 @@ class GpuStep:
         self.state = xp.zeros(STATE_SIZE, xp.int32)
         self.stream = self._new_stream()
         self.want_graph, self.graph, self.params, self.x = graphs, None, None, None
-        if not graphs:
-            self.mode = "fused step, eager (because GPUCNN_GPU_STEP=eager)"
-        elif not self.on_gpu:
-            self.mode = ("fused step, eager (because graph capture is CuPy-only: the emulator runs "
-                         "the same launches eagerly)")
-        else:
-            self.mode = GRAPH_MODE          # until a capture fails (bind says why)
+        self.mode = _mode(graphs, self.on_gpu)
         self.load_velocity()
 
     # -- device plumbing ----------------------------------------------------------------------------

@@ -105,10 +105,8 @@ class CudaOps:
         self.xp, self.empty = xp, empty
         self._load_module, self._modules = load_module, {}
         self._kernels = {}
-        for file_name, kernel_names in KERNELS.items():
-            module = load_module(read_kernel_source(file_name), NVRTC_OPTIONS, file_name)
-            for kernel in kernel_names:       # get_function compiles (CuPy): errors surface here
-                self._kernels[kernel] = module.get_function(kernel)
+        for file_name in KERNELS:             # get_function compiles (CuPy): errors surface here
+            self._kernels.update(self.compile_module(file_name))
 
     def compile_module(self, file_name, defines=()):
         """The kernels of cuda/<file_name> compiled with NVRTC_OPTIONS + defines (e.g. "-DK=5"):

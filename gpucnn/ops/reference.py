@@ -124,11 +124,9 @@ def avgpool2d_backward(delta, x_shape, size, stride):
 
     delta (n, c, oh, ow), x_shape (h, w) -> da_prev (n, c, h, w)
     """
-    n, c, oh, ow = delta.shape
-    h, w = x_shape
+    n, c = delta.shape[:2]
     share = delta / delta.dtype.type(size * size)
-    da_prev = np.zeros((n, c, h, w), dtype=delta.dtype)
-    for k in range(size * size):
-        i, j = divmod(k, size)
-        da_prev[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += share
+    da_prev = np.zeros((n, c, *x_shape), dtype=delta.dtype)
+    for tap in pool_taps(da_prev, size, stride):      # k = i*size + j, ascending
+        tap += share
     return da_prev
