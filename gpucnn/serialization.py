@@ -49,7 +49,8 @@ def save(net, path, extra=None):
     The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600.
     """
     check_registered(net, "save")
-    path = check_output_path(path, "checkpoint" if extra else "model file")
+    # no probe file: the write right after makes its own temporary file there (and names the path)
+    path = check_output_path(path, "checkpoint" if extra else "model file", probe=False)
     arrays = net.get_arrays()
     description = {"format": FORMAT, **net.architecture()}
     arrays["architecture"] = np.array(json.dumps(description))
@@ -110,11 +111,12 @@ def sigterm_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def check_output_path(path, what="model file"):
+def check_output_path(path, what="model file", probe=True):
     """The path a model or checkpoint will be written to, checked before any work that would be lost
-    if the write failed at the end: its directory exists and takes a new file; the path is not a
-    directory, FIFO or device; an existing file there is a gpucnn model or checkpoint (replaced),
-    never some other file (refused). Returns the path as a str; raises an OSError naming it.
+    if the write failed at the end: its directory exists and (``probe``: a probe file is made and
+    removed) takes a new file; the path is not a directory, FIFO or device; an existing file there is
+    a gpucnn model or checkpoint (replaced), never some other file (refused). Returns the path as a
+    str; raises an OSError naming it.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"the {what} path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
@@ -133,9 +135,10 @@ def check_output_path(path, what="model file"):
         error = NotADirectoryError if os.path.exists(directory) else FileNotFoundError
         raise error(f"cannot write the {what} to {path}: the directory {directory} {problem}")
     try:                             # what rename-into-place needs: a new file in that directory
-        fd, probe = tempfile.mkstemp(prefix=".tmp-", suffix=".probe", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        if probe:
+            fd, probe_path = tempfile.mkstemp(prefix=".tmp-", suffix=".probe", dir=directory)
+            os.close(fd)
+            os.unlink(probe_path)
     except OSError as exc:
         raise type(exc)(f"cannot write the {what} to {path}: {exc.strerror or exc} "
                         f"(directory {directory})") from None
