@@ -22,8 +22,9 @@ NOTE: a callback's own state is not part of a training checkpoint. A resumed Ear
 its counters from the history, so it stops at the same epoch; the best epoch's parameters, though, are
 known only if that epoch ran after the resume (else restore_best keeps the final ones).
 """
-import math
 import numbers
+
+from .validation import check_real
 
 
 class Callback:
@@ -60,10 +61,8 @@ class EarlyStopping(Callback):
             raise ValueError(f"monitor must be one of {', '.join(self.MONITORS)}, got {monitor!r}")
         if not isinstance(patience, numbers.Integral) or isinstance(patience, bool) or patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) \
-                or not math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"min_delta must be a finite real number >= 0, got {min_delta!r}")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.monitor, self.patience = monitor, int(patience)
+        self.min_delta = check_real(min_delta, "min_delta")
         self.restore_best = bool(restore_best)
         self._reset()
 

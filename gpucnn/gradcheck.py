@@ -16,7 +16,7 @@ from . import layers as L
 from .backend import to_numpy
 from .layers.dropout import fixed_masks
 from .network import Network
-from .optim import check_real
+from .validation import check_real
 from .validation import check_inputs, check_positive_int
 
 

@@ -20,21 +20,10 @@ bit for bit. ``get_optimizer("sgd" | "adam" | an Optimizer, lr=None, ...)`` is w
 ``lr=None`` means the optimizer's default (SGD 0.5, Adam 1e-3).
 """
 import math
-import numbers
 
 import numpy as np
 
-
-def check_real(value, name, minimum=0.0, strict=False):
-    """Any real number (Python or NumPy, or a 0-d real array) that is finite and >= minimum (> when
-    strict) -> float."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or (value <= minimum if strict else value < minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}")
-    return float(value)
+from .validation import check_real
 
 
 def check_lr(lr):

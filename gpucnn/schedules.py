@@ -13,7 +13,8 @@ ran with is in ``history["lr"]``.
 import math
 import numbers
 
-from .optim import check_lr, check_real
+from .optim import check_lr
+from .validation import check_real
 
 
 class Schedule:

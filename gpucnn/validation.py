@@ -1,4 +1,5 @@
 """Checks on what users hand the network. Each failure names the problem: type, shape or value."""
+import math
 import numbers
 import warnings
 
@@ -20,6 +21,21 @@ def _is_array(a, name):
                         "NumPy arrays, or CuPy arrays on the cupy backend: convert it first "
                         "(e.g. cupy.asarray(x), or copy it to the host as a NumPy array)")
     return True
+
+
+def check_real(value, name, minimum=0.0, strict=False, maximum=None):
+    """Any real number (Python or NumPy, or a 0-d real array) that is finite, >= minimum (> when
+    strict) and, when given, <= maximum -> float."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (value <= minimum if strict else value < minimum) or (maximum is not None and value > maximum):
+        if maximum is not None:
+            bound = f"in {'(' if strict else '['}{minimum:g}, {maximum:g}]"
+        else:
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}")
+    return float(value)
 
 
 def check_inputs(x, input_shape, name="x"):

@@ -129,6 +129,8 @@ def test_early_stopping_rules():
         EarlyStopping(monitor="acc")
     with pytest.raises(ValueError, match="patience"):
         EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match=r"min_delta must be a finite real number >= 0, got -1"):
+        EarlyStopping(min_delta=-1)
 
 
 @pytest.mark.parametrize("patience", [2, 1])

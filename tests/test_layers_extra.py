@@ -448,3 +448,17 @@ def test_divergence_on_the_device_epoch_brings_back_the_running_statistics_too(d
     assert len(seen) == 8            # the device epoch ran on to the epoch's end (its one read)
     for name, value in net.get_arrays().items():
         assert value.tobytes() == seen[2][name].tobytes(), name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(momentum=1.5), r"momentum must be a finite real number in \[0, 1\], got 1.5"),
+    (dict(momentum=-0.1), r"momentum must be a finite real number in \[0, 1\]"),
+    (dict(momentum=float("nan")), r"momentum must be"),
+    (dict(momentum=True), r"momentum must be"),
+    (dict(eps=0.0), r"eps must be a finite real number > 0, got 0.0"),
+    (dict(eps=float("inf")), r"eps must be"),
+])
+def test_batchnorm_refuses_a_momentum_outside_0_1_and_an_eps_not_above_0(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchNorm2D(3, **kwargs)
+    assert BatchNorm2D(3, momentum=np.float32(1.0), eps=np.array(1e-3)).momentum == 1.0   # NumPy reals

@@ -1,9 +1,8 @@
 """BatchNorm2D: per-channel batch normalisation with a learned scale and shift (PyTorch's semantics)."""
-import numbers
-
 import numpy as np
 
 from ..errors import ShapeError
+from ..validation import check_real
 from .base import Layer, grad_property, param_property, positive_int, register_layer
 
 
@@ -37,12 +36,8 @@ class BatchNorm2D(Layer):
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5):
         self.num_features = positive_int(num_features, "num_features")
-        for name, value, low, high in (("momentum", momentum, 0.0, 1.0), ("eps", eps, 0.0, None)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
-                    or value < low or (high is not None and value > high) or (name == "eps" and value <= 0):
-                bound = "in [0, 1]" if high is not None else "> 0"
-                raise ValueError(f"{name} must be a real number {bound}, got {value!r}")
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.momentum = check_real(momentum, "momentum", maximum=1.0)
+        self.eps = check_real(eps, "eps", strict=True)
         super().__init__()
 
     def param_shapes(self):
