@@ -487,6 +487,8 @@ def test_batchnorm_in_train_mode_trains_in_phases_like_the_layers(batch):
     twin.backward(y1[:20])
     assert [g.tobytes() for g in grads(net)] == [g.tobytes() for g in grads(twin)]
     plan, n = net._fast, 70
+    _small_chunks(plan)
+    assert len(plan.chunks(n)) > 1
     before = net.get_arrays()                          # params() without n: a probe, nothing moves
     plan.chunk_parts(x[:1], y1[:1], np.empty((1, 10), np.float32), plan.params(), [0], 1)
     assert all(v.tobytes() == net.get_arrays()[k].tobytes() for k, v in before.items())

@@ -271,8 +271,18 @@ class Plan:
         return self._params(n)
 
     def chunks(self, n):
-        """The chunks (start, stop) of a batch of n: a function of n only, so the sums are too."""
-        return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
+        """The chunks (start, stop) of a batch of n: a function of n only, so the sums are too. As few
+        as chunks of at most ``self.chunk`` rows allow, of equal sizes (one row apart at most): a
+        batch of 64 in chunks of at most 9 is 8 x 8, not 7 x 9 + 1, whose last chunk would cost a
+        whole chunk's calls for one image and leave a thread idle meanwhile."""
+        count = -(-n // self.chunk)
+        size, extra = divmod(n, count) if n else (0, 0)
+        bounds, start = [], 0
+        for k in range(count):
+            stop = start + size + (k < extra)
+            bounds.append((start, stop))
+            start = stop
+        return bounds
 
     def chunk_parts(self, x, y1, out, params, chunk_ids, n):
         """Forward and backward of the chunks ``chunk_ids`` of a global batch of n.

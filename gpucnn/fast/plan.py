@@ -8,6 +8,7 @@ from .stages import (STAGES, ActivationStage, BatchNormStage, ConvStage, DenseSt
 
 
 CHEAP_IMAGE_FLOPS = 200_000     # below this per image, chunks grow past 32 images (see StagePlan)
+CHUNK_BYTES = 24 << 20          # a chunk's scratch at most: within a current x86's L3 (32 MB here)
 
 
 class StagePlan(Plan):
@@ -29,15 +30,16 @@ class StagePlan(Plan):
             self.stages.append(stage)
             shape = stage.out_shape
         self._fuse()
-        # chunk: what one image needs in scratch, times chunk ~ 6 MB (in cache, most of it), at most
-        # 32 images; a network as cheap per image as the seed one (~0.1 MFLOP) takes up to 128: its
-        # chunk's time is mostly the stages' Python-level calls, which a bigger chunk shares out
-        # (measured, seed net on 2 cores: b256 training 64k -> 104-129k img/s, inference 106-144k ->
-        # 161-213k; LeNet-5 and the wide net are best at <= 32).
+        # chunk: what one image needs in scratch, times chunk <= CHUNK_BYTES, at most 32 images; a
+        # network as cheap per image as the seed one (~0.1 MFLOP) takes up to 128. A chunk's time is
+        # partly the stages' Python-level calls, which a bigger chunk shares out, while the matmuls
+        # run as fast on 32 images' arrays (in L3) as on 9 (measured on 2 cores: seed net b256
+        # training 64k -> 104-129k img/s, inference 106-144k -> 161-213k going 32 -> 128 images; the
+        # wide net b256 4.9k -> 7.5k and b64 5.0k -> 5.5k going 9 -> 32; LeNet-5 best at 32-64).
         per_image = max(1, sum(stage.floats for stage in self.stages))
         flops = sum(stage.flops for stage in self.stages)
         most = 128 if flops < CHEAP_IMAGE_FLOPS else 32
-        self.chunk = int(np.clip((6 << 20) // (4 * per_image), 1, most))
+        self.chunk = int(np.clip(CHUNK_BYTES // (4 * per_image), 1, most))
         # two threads from two chunks on when an image is worth it, else from THREAD_MIN images
         self.thread_min = 2 * self.chunk if flops > 500_000 else max(THREAD_MIN, 2 * self.chunk)
         # OpenBLAS runs a gemm of m*n*k <= 4 * 65536 on the calling thread whatever its setting:
