@@ -269,6 +269,20 @@ def test_threads_do_not_change_the_numbers(batch, name):
     assert results[0] == results[1]
 
 
+def test_chunks_cover_the_batch_in_as_few_equal_chunks_as_the_size_allows():
+    plan = NETS["lenet"]()._fast
+    for most in (1, 9, 32):
+        plan.chunk = most
+        for n in (0, 1, 8, 9, 10, 63, 64, 65, 70, 256):
+            chunks = plan.chunks(n)
+            sizes = [e - s for s, e in chunks]
+            assert [s for s, _ in chunks] == [0, *(e for _, e in chunks)][:len(chunks)]   # contiguous
+            assert sum(sizes) == n and len(chunks) == -(-n // most)
+            assert not sizes or (max(sizes) <= most and max(sizes) - min(sizes) <= 1)
+    plan.chunk = 9
+    assert plan.chunks(64) == [(8 * k, 8 * k + 8) for k in range(8)]    # not 7 x 9 + 1
+
+
 @pytest.mark.parametrize("name", ["seed-sigmoid", "lenet"])
 def test_chunks_split_over_ranks_give_the_single_process_bits(batch, name):
     """The data-parallel contract: whole chunks per rank, parts combined in chunk order."""
