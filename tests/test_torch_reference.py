@@ -28,7 +28,7 @@ def _torch_seed_network(net, x, y, loss):
     else:
         cost = F.cross_entropy(z, torch.tensor(y))
     cost.backward()
-    return [t.grad.numpy() for t in (W1, b1, W2, b2, xt)], float(cost)
+    return [t.grad.numpy() for t in (W1, b1, W2, b2, xt)], float(cost.detach())
 
 
 @pytest.mark.parametrize("loss, activation", [("quadratic", "sigmoid"), ("cross_entropy", "relu")])
