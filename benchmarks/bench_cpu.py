@@ -214,8 +214,11 @@ def competitors(kind, mode, data, with_torch, with_reference):
         else:
             out["reference"] = (lambda: ref_net._forward(next(ref_cycle)[0]), n)
     if with_torch:
-        # PyTorch as a user gets it (all cores), and held to one thread: on a 2-core machine where
-        # something else runs, its OpenMP workers wait on a busy core and one thread can be faster.
+        # PyTorch with its default thread count (all cores), and held to one thread: on a 2-core
+        # machine where something else runs, its OpenMP workers wait on a busy core and one thread
+        # can be faster. NOTE: each block sets its thread count, and once set_num_threads has
+        # gone 1 -> 2 PyTorch trains faster than a fresh process's default (LeNet-5 b64 on the 2-core
+        # VM: 12-14k img/s fresh, no faster than 1 thread; 16-21k after): it is timed at its best.
         import torch
         threads = TORCH_THREADS or torch.get_num_threads()
         out["pytorch"] = (torch_stepper(kind, mode, net, data), n, lambda: torch.set_num_threads(threads))
