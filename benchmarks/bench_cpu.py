@@ -15,6 +15,7 @@ Every timed configuration first validates: gpucnn's gradients or outputs (the pa
 the fused plan of gpucnn/fast/) against the readable layer-by-layer path (layers/ + ops/reference.py)
 on real digits when the offline sample is installed, and PyTorch's against the same, same weights.
 PyTorch is timed with its default threads and held to one; a target is judged against the faster.
+gpucnn is timed as a user gets it (two threads where they pay) and held to one, against PyTorch's one.
 Peak RSS of a batch-256 training run is measured per competitor in a fresh process.
 """
 import argparse
@@ -201,6 +202,16 @@ def competitors(kind, mode, data, with_torch, with_reference):
     else:
         infer, path = gpucnn_infer(net, mode)
         out["gpucnn"] = (lambda: infer(next(cycle)[0]), n)
+    if path == "fast":
+        # gpucnn held to one thread, against PyTorch held to one: what each does with one core
+        one_net, one_cycle = gpucnn_net(kind), itertools.cycle(data)
+        one_net._plan().threads = 1
+        if mode == "train":
+            one_opt = SGD(LR[kind])
+            out["gpucnn-1t"] = (lambda: one_net.train_step(*next(one_cycle)[:2], one_opt), n)
+        else:
+            one_call = one_net.predict if mode == "infer" else one_net.forward
+            out["gpucnn-1t"] = (lambda: one_call(next(one_cycle)[0]), n)
     if with_reference and path == "fast":
         ref_net, ref_cycle, ref_opt = gpucnn_net(kind), itertools.cycle(data), SGD(LR[kind])
         if mode == "train":
@@ -316,11 +327,14 @@ def run(args):
         rates = harness.interleaved(competitors(kind, mode, data, torch is not None, not args.no_reference),
                                     rounds, block_s, gap_s, warm_s)
         row.update(harness.summarize(rates, "gpucnn", PEERS))
+        if "gpucnn-1t" in rates:
+            row["ratio_1t_vs_1t"] = harness.summarize(rates, "gpucnn-1t", ["pytorch-1t"]).get("ratio_pytorch-1t")
         ratios = [row[f"ratio_{p}"] for p in PEERS if f"ratio_{p}" in row]
         row["ratio"] = min(ratios, key=lambda r: r["median"]) if ratios else None   # the stronger peer
         results.append(row)
         print(f"{name:18s} " + "  ".join(f"{k} {harness.fmt_rate(row[k]['median'])}/s" for k in rates)
               + "".join(f"  /{p} {harness.fmt_ratio(row.get('ratio_' + p))}" for p in PEERS)
+              + f"  1t/1t {harness.fmt_ratio(row.get('ratio_1t_vs_1t'))}"
               + f"  [{check['path']}, max grad err {check['gpucnn_vs_reference']:.1e}]", flush=True)
     rss = {}
     if not args.quick and (not args.only or any("rss" in o for o in args.only)):
@@ -354,16 +368,18 @@ def markdown(payload):
              f"({m.get('torch_threads', '-')} threads); BLAS: {pools}; env {m['env'] or '{}'}.",
              f"Data: {m['data']}. Median of {payload['settings']['rounds']} interleaved rounds; ratio = "
              "gpucnn / PyTorch per round, median (min–max), against PyTorch with its default threads and "
-             "held to 1 thread; a target counts as met only against the faster of the two.",
+             "held to 1 thread; a target counts as met only against the faster of the two. 1 thread / 1 "
+             "thread: gpucnn held to one thread against PyTorch held to one (what each does with a core).",
              *([f"*{m['note']}*"] if m.get("note") else []), "",
              "| configuration | gpucnn img/s | PyTorch img/s | PyTorch 1 thread | ratio vs PyTorch | ratio vs "
-             "1 thread | target | met | reference path img/s | gpucnn path | grad err vs ref (gpucnn / torch) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "1 thread | target | met | gpucnn 1 thread | 1 thread / 1 thread | reference path img/s "
+             "| gpucnn path | grad err vs ref (gpucnn / torch) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["results"]:
         v = r["validation"]
         errs = f"{v['gpucnn_vs_reference']:.1e} / {v.get('torch_vs_reference', float('nan')):.1e}"
         if "skipped" in r:
-            lines.append(f"| {r['config']} | – | – | – | – | – | {r['target'] or '–'} | not timed | – "
+            lines.append(f"| {r['config']} | – | – | – | – | – | {r['target'] or '–'} | not timed | – | – | – "
                          f"| {v['path']} | {errs} |")
             continue
         ratio = r.get("ratio")
@@ -373,6 +389,8 @@ def markdown(payload):
                      f"| {harness.fmt_rate(r.get('pytorch-1t', {}).get('median'))} "
                      f"| {harness.fmt_ratio(r.get('ratio_pytorch'))} | {harness.fmt_ratio(r.get('ratio_pytorch-1t'))} "
                      f"| {('≥ %.1f×' % r['target']) if r['target'] else '–'} | {met} "
+                     f"| {harness.fmt_rate(r.get('gpucnn-1t', {}).get('median'))} "
+                     f"| {harness.fmt_ratio(r.get('ratio_1t_vs_1t'))} "
                      f"| {harness.fmt_rate(r.get('reference', {}).get('median'))} | {v['path']} | {errs} |")
     rss = payload["peak_rss_b256_train"]
     if rss:

@@ -20,8 +20,17 @@ from gpucnn.optim import SGD
 
 from .conftest import TOL
 
-# 1: one image; 7: a partial chunk; 70: two threads, with full chunks and a partial one
+# 1: one image; 7: a partial chunk; 70: several chunks on two threads (with _small_chunks)
 BATCHES = [1, 7, 70]
+
+
+def _small_chunks(plan):
+    """Chunks of at most 32 images from 64 images on two threads, so that the 70 test digits make
+    several, whatever the plan's own sizes (a cheap network's plan takes up to 128 per chunk).
+    Returns the plan."""
+    plan.chunk = min(plan.chunk, 32)
+    plan.thread_min = min(plan.thread_min, 2 * plan.chunk)
+    return plan
 
 
 def _net(layers, loss="quadratic", input_shape=None, seed=0, **kw):
@@ -176,8 +185,9 @@ def inputs_for(net, batch, n, kind="digits"):
 @pytest.mark.parametrize("name", NETS)
 def test_step_matches_the_layer_by_layer_path(batch, name, kind):
     ref_net, net = NETS[name](), NETS[name]()
-    plan = net._fast
+    plan = _small_chunks(net._fast)
     assert isinstance(plan, fast.StagePlan), net.execution_path()
+    assert len(plan.chunks(70)) > 1
     for n in BATCHES:
         x, y1 = inputs_for(net, batch, n, kind)
         out_ref, cost_ref, g_ref, _ = reference(ref_net, x, y1)
@@ -194,6 +204,7 @@ def test_forward_then_backward_runs_the_plan_and_gives_dx(batch, name):
     """net.forward runs the plan (keeping what backward needs); net.backward fills every grad and
     returns dC/dx; the gradients are the bits a training step gives."""
     ref_net, net, stepped = NETS[name](), NETS[name](), NETS[name]()
+    _small_chunks(net._fast), _small_chunks(stepped._fast)
     x, y1 = inputs_for(net, batch, 70)
     out_ref, _, g_ref, dx_ref = reference(ref_net, x, y1)
     out = net.forward(x)
@@ -232,6 +243,7 @@ def test_training_is_bitwise_reproducible_and_tracks_the_reference(batch, name):
     runs = []
     for use_fast in (True, True, False):
         net = NETS[name](seed=3)
+        _small_chunks(net._fast)
         x, y1 = inputs_for(net, batch, 70)
         step = net._fast.train_step if use_fast else net.train_step
         if not use_fast:
@@ -243,13 +255,6 @@ def test_training_is_bitwise_reproducible_and_tracks_the_reference(batch, name):
     for key in runs[0]:
         assert runs[0][key].tobytes() == runs[1][key].tobytes(), key
         np.testing.assert_allclose(runs[0][key], runs[2][key], rtol=1e-4, atol=1e-5)
-
-
-def _small_chunks(plan):
-    """Chunks of at most 32 images, so that the 70 test digits make several (the seed net's plan
-    takes up to 128 per chunk)."""
-    plan.chunk = min(plan.chunk, 32)
-    plan.thread_min = min(plan.thread_min, 2 * plan.chunk)
 
 
 @pytest.mark.parametrize("name", ["seed-sigmoid", "lenet", "wide"])
@@ -479,6 +484,7 @@ def test_batchnorm_in_train_mode_trains_in_phases_like_the_layers(batch):
     refused in the layer's words."""
     net, ref = NETS["batchnorm-train"](), NETS["batchnorm-train"]()
     assert net._plan() is net._fast and "fused CPU plan" in net.summary()
+    assert len(_small_chunks(net._fast).chunks(70)) > 1
     x, y1 = inputs_for(net, batch, 70)
     opt, ref_opt = SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.9)
     for _ in range(3):
@@ -501,8 +507,6 @@ def test_batchnorm_in_train_mode_trains_in_phases_like_the_layers(batch):
     twin.backward(y1[:20])
     assert [g.tobytes() for g in grads(net)] == [g.tobytes() for g in grads(twin)]
     plan, n = net._fast, 70
-    _small_chunks(plan)
-    assert len(plan.chunks(n)) > 1
     before = net.get_arrays()                          # params() without n: a probe, nothing moves
     plan.chunk_parts(x[:1], y1[:1], np.empty((1, 10), np.float32), plan.params(), [0], 1)
     assert all(v.tobytes() == net.get_arrays()[k].tobytes() for k, v in before.items())

@@ -33,13 +33,13 @@ What the plan guarantees (tests/test_fast.py):
     and partial gradients are summed in a fixed order; forward + backward gives a step's bits;
   * the layers' own forward caches are NOT filled: a training step sets ``net.out = None``.
 
-How it is fast: chunks of the batch of equal sizes, their scratch within a current L3 (plan.py);
-from the plan's thread_min images on, this thread and one worker thread take chunks from a shared
-queue (NumPy and OpenBLAS release the GIL), with OpenBLAS held to one thread and the GIL switch
-interval lowered meanwhile (common.Plan._run says why); the conv before a max-pool computes only what the pool reads, rows in tap-major order so each
-pooling tap is one contiguous block; sigma' only at the pooling argmax; an activation's prescale
-folded into the weights before it; the first layer's dC/dx never formed in training; inference
-skips the argmax.
+How it is fast: chunks of the batch of equal sizes, up to a scratch budget (plan.py); from the
+plan's thread_min images on, this thread and one worker thread take chunks from a shared queue
+(NumPy and OpenBLAS release the GIL), with OpenBLAS held to one thread and the GIL switch interval
+lowered meanwhile (common.Plan._run says why); the conv before a max-pool computes only what the
+pool reads, rows in tap-major order so each pooling tap is one contiguous block; sigma' only at the
+pooling argmax; an activation's prescale folded into the weights before it; the first layer's dC/dx
+never formed in training; inference skips the argmax.
 NOTE: the two settings are process-wide: refcounted scopes (common.ProcessSetting) set them for the
 first step in and restore them when the last one out returns, however calls overlap.
 

@@ -8,7 +8,7 @@ from .stages import (STAGES, ActivationStage, BatchNormStage, ConvStage, DenseSt
 
 
 CHEAP_IMAGE_FLOPS = 200_000     # below this per image, chunks grow past 32 images (see StagePlan)
-CHUNK_BYTES = 24 << 20          # a chunk's scratch at most: within a current x86's L3 (32 MB here)
+CHUNK_BYTES = 24 << 20          # a chunk's scratch at most, per thread (see StagePlan)
 
 
 class StagePlan(Plan):
@@ -33,9 +33,10 @@ class StagePlan(Plan):
         # chunk: what one image needs in scratch, times chunk <= CHUNK_BYTES, at most 32 images; a
         # network as cheap per image as the seed one (~0.1 MFLOP) takes up to 128. A chunk's time is
         # partly the stages' Python-level calls, which a bigger chunk shares out, while the matmuls
-        # run as fast on 32 images' arrays (in L3) as on 9 (measured on 2 cores: seed net b256
-        # training 64k -> 104-129k img/s, inference 106-144k -> 161-213k going 32 -> 128 images; the
-        # wide net b256 4.9k -> 7.5k and b64 5.0k -> 5.5k going 9 -> 32; LeNet-5 best at 32-64).
+        # run as fast on 32 images' arrays as on 9, even where two threads' scratch (2 x 21 MB for
+        # the wide net) is more than this VM's 32 MB L3 (measured on 2 cores: seed net b256 training
+        # 64k -> 104-129k img/s, inference 106-144k -> 161-213k going 32 -> 128 images; the wide net
+        # b256 4.9k -> 7.5k and b64 5.0k -> 5.5k going 9 -> 32; LeNet-5 best at 32-64).
         per_image = max(1, sum(stage.floats for stage in self.stages))
         flops = sum(stage.flops for stage in self.stages)
         most = 128 if flops < CHEAP_IMAGE_FLOPS else 32

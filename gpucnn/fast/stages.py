@@ -129,8 +129,6 @@ class ConvStage(Stage):
         Wm = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(-1, f)
         p[self.key("Wm")] = Wm * self.prescale if self.prescale != 1.0 else Wm
         p[self.key("b")] = b * self.prescale if self.prescale != 1.0 else b
-        if self.index > 0:                # a training step forms this conv's dC/dx: its weights now
-            p[self.key("W_dx")] = self._made_dx_weights(W)
 
     def _rows(self, view, m):
         """(m, oh, ow, ...) -> the same array with C's row order: (m, oh, ow, ...) or, blocked,
@@ -197,10 +195,9 @@ class ConvStage(Stage):
         return self._col2im(chunk, d2, self._dx_weights(p), m)
 
     def _dx_weights(self, p):
-        """W in the layout dC/dx needs (row bands B, or per tap): in p (params) for a conv after another
-        layer, made once a step rather than by whichever thread first needs them; the network's first
-        layer makes them only when Network.backward asks for dC/dx (a training step never does), from
-        the layer, on the first ask (two threads asking at once make the same array, keep one)."""
+        """W in the layout dC/dx needs (row bands B, or per tap), made on the step's first ask (a first
+        layer in training never asks; inference never does); two threads asking at once make the
+        same array, keep one."""
         key = self.key("W_dx")
         if key not in p:
             p.setdefault(key, self._made_dx_weights(self.layer.W))
