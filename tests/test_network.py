@@ -144,6 +144,8 @@ def test_model_file_is_not_a_pickle(tmp_path):
         assert all(npz[k].dtype != object for k in npz.files)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")     # it diverges, on purpose
 def test_divergence_stops_and_keeps_the_last_good_parameters(digits):
     pick = np.random.default_rng(0).permutation(len(digits[1]))[:200]
     x, y = digits[0][pick], digits[1][pick]
