@@ -140,15 +140,19 @@ def _path(net):
     return "fast" if net._plan() is not None else "reference"
 
 
-def gpucnn_train_step(net):
-    """(xb, y1, optimizer) -> (cost, out): what Network.train_step runs (the fast path if any)."""
-    return net.train_step, _path(net)
-
-
-def gpucnn_infer(net, mode="infer"):
-    """What a user calls: net.predict (labels) or net.forward (output, kept for a backward)."""
+def gpucnn_stepper(kind, mode, data, threads=None):
+    """(step, path) on a fresh network, cycling through data: what a user calls, net.train_step (SGD),
+    net.predict (labels) or net.forward (output, kept for a backward); ``threads`` fixes the fused
+    plan's thread count (None: its own choice)."""
+    net, cycle = gpucnn_net(kind), itertools.cycle(data)
     path = _path(net)
-    return (net.predict if mode == "infer" else net.forward), path
+    if threads is not None and path == "fast":
+        net._plan().threads = threads
+    if mode == "train":
+        opt = SGD(LR[kind])
+        return (lambda: net.train_step(*next(cycle)[:2], opt)), path
+    call = net.predict if mode == "infer" else net.forward
+    return (lambda: call(next(cycle)[0])), path
 
 
 def reference_grads(net, xb, y1):
@@ -163,15 +167,13 @@ def validate(kind, mode, xb, y1, labels, with_torch):
     report = {}
     if mode == "train":
         ref = reference_grads(ref_net, xb, y1)
-        step, path = gpucnn_train_step(net)
-        step(xb, y1, _NoStep())
+        net.train_step(xb, y1, _NoStep())
         ours = [np.array(p.grad) for p in net.parameters()]
         report["gpucnn_vs_reference"] = max(map(harness.gradient_error, ours, ref))
     else:
         ref = [np.array(ref_net._forward(xb))]
-        infer, path = gpucnn_infer(net, "forward")
-        report["gpucnn_vs_reference"] = harness.gradient_error(infer(xb), ref[0])
-    report["path"] = path
+        report["gpucnn_vs_reference"] = harness.gradient_error(net.forward(xb), ref[0])
+    report["path"] = _path(net)
     if with_torch:
         import torch
         model = torch_net(kind, ref_net)
@@ -193,25 +195,10 @@ def competitors(kind, mode, data, with_torch, with_reference):
     """{name: (step, images per step)}: gpucnn (what a user gets), the reference path, PyTorch."""
     n = data[0][0].shape[0]
     out = {}
-    net = gpucnn_net(kind)
-    cycle = itertools.cycle(data)
-    if mode == "train":
-        step, path = gpucnn_train_step(net)
-        opt = SGD(LR[kind])
-        out["gpucnn"] = (lambda: step(*next(cycle)[:2], opt), n)
-    else:
-        infer, path = gpucnn_infer(net, mode)
-        out["gpucnn"] = (lambda: infer(next(cycle)[0]), n)
-    if path == "fast":
-        # gpucnn held to one thread, against PyTorch held to one: what each does with one core
-        one_net, one_cycle = gpucnn_net(kind), itertools.cycle(data)
-        one_net._plan().threads = 1
-        if mode == "train":
-            one_opt = SGD(LR[kind])
-            out["gpucnn-1t"] = (lambda: one_net.train_step(*next(one_cycle)[:2], one_opt), n)
-        else:
-            one_call = one_net.predict if mode == "infer" else one_net.forward
-            out["gpucnn-1t"] = (lambda: one_call(next(one_cycle)[0]), n)
+    step, path = gpucnn_stepper(kind, mode, data)
+    out["gpucnn"] = (step, n)
+    if path == "fast":       # held to one thread, against PyTorch held to one: what each does with a core
+        out["gpucnn-1t"] = (gpucnn_stepper(kind, mode, data, threads=1)[0], n)
     if with_reference and path == "fast":
         ref_net, ref_cycle, ref_opt = gpucnn_net(kind), itertools.cycle(data), SGD(LR[kind])
         if mode == "train":
@@ -232,8 +219,9 @@ def competitors(kind, mode, data, with_torch, with_reference):
         # VM: 12-14k img/s fresh, no faster than 1 thread; 16-21k after): it is timed at its best.
         import torch
         threads = TORCH_THREADS or torch.get_num_threads()
-        out["pytorch"] = (torch_stepper(kind, mode, net, data), n, lambda: torch.set_num_threads(threads))
-        out["pytorch-1t"] = (torch_stepper(kind, mode, net, data), n, lambda: torch.set_num_threads(1))
+        init = gpucnn_net(kind)                 # the initial weights every competitor starts from
+        out["pytorch"] = (torch_stepper(kind, mode, init, data), n, lambda: torch.set_num_threads(threads))
+        out["pytorch-1t"] = (torch_stepper(kind, mode, init, data), n, lambda: torch.set_num_threads(1))
     return out
 
 

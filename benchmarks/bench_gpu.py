@@ -50,7 +50,6 @@ EXIT_OK, EXIT_FAIL, EXIT_NO_GPU = 0, 1, 3
 VALIDATION_TOL = 1e-4
 VALIDATION_LR = 100.0     # one step's update then dwarfs the float32 rounding of the parameters
 LR = 1.0                  # the seed recipe's learning rate, for timing
-GPUCNN_MODES = ("auto", "eager", "generic")
 TF32 = {"tf32 off": False, "tf32 default": None}
 EPOCH_IMAGES = 60000
 
@@ -308,7 +307,8 @@ def competitors(args):
     if not args.cpu_dry_run:
         import cupy
         xp = cupy
-    for mode in GPUCNN_MODES:
+    from gpucnn.backend import STEP_MODES          # (gpucnn is imported only where it is needed)
+    for mode in STEP_MODES:
         out[f"gpucnn {mode}"] = GpucnnMode(mode, backend, xp)
     try:
         import torch

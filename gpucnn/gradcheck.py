@@ -16,8 +16,7 @@ from . import layers as L
 from .backend import to_numpy
 from .layers.dropout import fixed_masks
 from .network import Network
-from .validation import check_real
-from .validation import check_inputs, check_positive_int
+from .validation import check_inputs, check_positive_int, check_real
 
 
 def float64_copy(net):

@@ -13,7 +13,6 @@ import copy
 import math
 import os
 import signal
-import threading
 import warnings
 
 import numpy as np
@@ -430,8 +429,7 @@ def _sigterm_stops_like_ctrl_c(comm):
     KeyboardInterrupt, as Ctrl-C raises): no half-written file, and a message. A handler of the
     caller's (the CLI's, or the user's own) is left alone, as are threads other than the main one and
     distributed runs (there the launcher ends the job)."""
-    if comm is not None or threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if comm is not None or not serialization.sigterm_is_default():
         return contextlib.nullcontext()
     return stop_on_signals(None, signals=(signal.SIGTERM,))
 

@@ -90,6 +90,13 @@ def _write_atomically(arrays, path):
         raise
 
 
+def sigterm_is_default():
+    """Whether this thread may take SIGTERM over: the main thread, with SIGTERM at its default action
+    (a handler the program or the CLI installed is left alone)."""
+    return threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 @contextlib.contextmanager
 def sigterm_deferred():
     """A SIGTERM that arrives while a file is written is held until the write is done (renamed into
@@ -97,8 +104,7 @@ def sigterm_deferred():
     a half-written checkpoint. Only where SIGTERM has its default action, in the main thread; a
     handler the program (or the CLI) installed is left alone. SIGINT already unwinds the write.
     """
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if not sigterm_is_default():
         yield
         return
     pending = []

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 PASS, FAIL, TIMEOUT, NA, NOT_RUN = "PASS", "FAIL", "TIMEOUT", "NOT AVAILABLE", "NOT RUN"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
-GPU_PATHS = ("auto", "eager", "generic")             # GPUCNN_GPU_STEP values (gpucnn/gpu_step.py)
+GPU_PATHS = ("auto", "eager", "generic")   # gpucnn.backend.STEP_MODES, written out: gpucnn is imported late
 DONE_MARK = "GPU_CHECK_ONE_STEP_DONE"
 
 # name: (seconds full, seconds quick); a step missing from the quick column does not run with --quick.

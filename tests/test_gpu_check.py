@@ -378,3 +378,9 @@ def test_cupy_not_installed_hint(monkeypatch):
     monkeypatch.setattr(B, "_cache", {})
     reason = gpucnn.backend_info()["cupy_reason"]
     assert 'pip install -e ".[cuda12]"' in reason and "cupy-cuda12x[ctk]" in reason
+
+
+def test_the_gpu_paths_are_the_backend_s_step_modes():
+    """gpu_check writes the GPUCNN_GPU_STEP values out (it imports gpucnn late): they must not drift."""
+    from gpucnn.backend import STEP_MODES
+    assert gpu_check.GPU_PATHS == STEP_MODES

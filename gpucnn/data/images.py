@@ -150,7 +150,7 @@ def load_image(path):
         if a.shape not in ((28, 28), (1, 28, 28), (1, 1, 28, 28)):
             raise DataError(f"{path}: array shape {a.shape}, expected 28x28")
         scale = npy_scale(a, path)
-        gray = _gray(np.clip(a.astype(np.float32).reshape(28, 28, 1), 0, None), scale)
+        gray = _gray(a.reshape(28, 28, 1), scale)           # _gray clips to [0, 1]
     elif suffix == ".png":
         gray = _gray(*_png_pixels(path))
     else:

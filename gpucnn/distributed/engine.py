@@ -32,6 +32,7 @@ import numpy as np
 from .. import layers as L
 from ..backend import to_numpy
 from ..errors import ModelFileError
+from ..fast.common import ordered_sum
 from ..training import Divergence, HostEpoch, Trainer
 from . import exchange
 from .comm import DistributedError
@@ -254,7 +255,7 @@ class DistributedEpoch(HostEpoch):
             else:
                 flat = xp.zeros(sum(p.value.size for p in params), net.dtype)
             if comm.mode == "exact":
-                total = exchange.ordered_sum(exchange.split_gathered(
+                total = ordered_sum(exchange.split_gathered(
                     comm.allgather(flat, [flat.size] * comm.size), [flat.size] * comm.size))
             else:
                 total = comm.allreduce_sum(flat)

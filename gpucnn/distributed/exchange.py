@@ -6,8 +6,6 @@ Pure bookkeeping, the same for MPI and NCCL (and tested without either):
                             (with fewer chunks than ranks, some ranks get none in that step)
     row_ranges(n, size)     the same rule over rows, for the layer-by-layer path
     PartLayout              a plan's gradient parts (dict of arrays per chunk) <-> one flat vector
-    ordered_sum(vectors)    v[0] + v[1] + ... left to right, the order one process adds them in
-                            (fast.common's, the one definition)
 
 The exact scheme: every rank draws the same shuffle; the global batch is cut at the fused plan's chunk
 boundaries; each rank computes the parts of its chunks (each already divided by the GLOBAL batch
@@ -19,8 +17,6 @@ process, for any number of ranks.
 import math
 
 import numpy as np
-
-from ..fast.common import ordered_sum   # noqa: F401  (part of this module's interface, above)
 
 
 def chunk_owners(k, size):

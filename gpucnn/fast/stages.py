@@ -200,13 +200,11 @@ class ConvStage(Stage):
         same array, keep one."""
         key = self.key("W_dx")
         if key not in p:
-            p.setdefault(key, self._made_dx_weights(self.layer.W))
+            W = self.layer.W
+            made = self._row_bands(W) if self.row_bands else \
+                np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(self.kh * self.kw, *W.shape[:2])
+            p.setdefault(key, made)
         return p[key]
-
-    def _made_dx_weights(self, W):
-        if self.row_bands:
-            return self._row_bands(W)
-        return np.ascontiguousarray(W.transpose(2, 3, 0, 1)).reshape(self.kh * self.kw, *W.shape[:2])
 
     # dC/d(input) for a thin input (few channels): per kernel row i, ONE matmul of the delta's rows
     # (m*oh, ow*f) with a banded B_i (ow*f, wp*c), B_i[(x, f), (x + j, c)] = W[f, c, i, j], gives that

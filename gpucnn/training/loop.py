@@ -10,7 +10,6 @@ import copy
 import math
 import signal
 import threading
-import time
 
 import numpy as np
 
@@ -172,8 +171,9 @@ class Trainer:
             h["val_loss"].append(cost)
             h["val_accuracy"].append(accuracy)
             line += f", held-out accuracy {h['val_accuracy'][-1]:.4f}"
-        timing = timer.describe(images)
-        h["time"].append(time.perf_counter() - timer.start)
+        seconds = timer.seconds()
+        timing = timer.describe(images, seconds)
+        h["time"].append(seconds)
         h["lr"].append(self.optimizer.lr)
         line += f" ({timing})"
         if self.verbose:
